@@ -1,0 +1,51 @@
+# rayhistory: one entry point for setting up, testing, benchmarking and the local demo.
+# Everything is installed from the package registries (PyPI, npm, Debian) into this folder,
+# except Debian's chromium (system-wide, for the browser tests).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TOOLS  := .tools
+STAMP  := $(VENV)/.installed-stamp
+AZURITE := $(TOOLS)/node_modules/.bin/azurite-blob
+CHROMIUM ?= /usr/bin/chromium
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast test-slow bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install --python $(BIN)/python -e ".[test]"
+	touch $@
+
+$(AZURITE):
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error azurite@3
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null; \
+	else \
+	  echo "chromium missing: run 'sudo apt-get install chromium' for the browser tests"; \
+	fi
+
+setup: $(STAMP) $(AZURITE) $(CHROMIUM)
+
+## The whole suite, slow end-to-end tests included (what CI runs).
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Everything but the slow end-to-end tests.
+test-fast: setup
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+## Only the slow end-to-end tests (real Ray cluster, browser).
+test-slow: setup
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+## Benchmarks: print figures and write them to bench-results/.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_events
+
+clean:
+	rm -rf $(VENV) $(TOOLS) test-output .pytest_cache

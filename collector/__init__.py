@@ -1,0 +1,1 @@
+"""rayhistory.collector"""

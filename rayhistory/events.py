@@ -1,0 +1,494 @@
+"""The Ray 2.60 RayEvent export format (protobuf JSON as the aggregator agent POSTs it).
+
+Every event has an envelope (eventId, sourceType, eventType, timestamp, severity, message, sessionName,
+nodeId) and one payload named after its type. Bytes fields are standard base64 (`hex_id` turns them into
+the hex the dashboard shows), 64-bit integers are strings, timestamps are RFC3339 with up to nine
+fractional digits, and unset fields appear as ""/0/false/{}.
+
+Decoding is msgspec on the hot path (the server parses millions of events per session). Each event is
+checked on its own: a malformed one becomes an `EventError` with its position and reason, and never
+costs its neighbours. Event types this module does not model are kept, raw, as `UnknownEvent`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import re
+from functools import lru_cache
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+# ---- ids and timestamps --------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1 << 16)
+def hex_id(b64: str) -> str:
+    """Base64 id as Ray writes it in JSON -> the hex the dashboard shows ("" stays "")."""
+    if not b64:
+        return ""
+    return base64.b64decode(b64, validate=True).hex()
+
+
+@lru_cache(maxsize=1 << 14)
+def _epoch_seconds(prefix: str) -> int:
+    # prefix is "YYYY-MM-DDTHH:MM:SS"; many events share a second, so this is cached.
+    y, mo, d = int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10])
+    h, mi, s = int(prefix[11:13]), int(prefix[14:16]), int(prefix[17:19])
+    if (len(prefix) != 19 or prefix[4] != "-" or prefix[7] != "-" or prefix[10] not in "Tt" or prefix[13] != ":"
+            or prefix[16] != ":" or not (1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and s < 61)):
+        raise ValueError(f"not an RFC3339 timestamp: {prefix!r}")
+    return calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+
+
+def ts_ns(value: str) -> int:
+    """RFC3339 timestamp (protobuf JSON: 0-9 fractional digits, 'Z' or an offset) -> ns since the epoch."""
+    if not value:
+        return 0
+    try:
+        seconds = _epoch_seconds(value[:19])
+        rest = value[19:]
+        frac_ns = 0
+        if rest[0] == ".":
+            end = 1
+            while end < len(rest) and rest[end].isdigit():
+                end += 1
+            if end == 1 or end > 10:
+                raise ValueError
+            frac_ns = int(rest[1:end].ljust(9, "0"))
+            rest = rest[end:]
+        if rest not in ("Z", "z"):
+            if len(rest) != 6 or rest[0] not in "+-" or rest[3] != ":":
+                raise ValueError
+            offset = int(rest[1:3]) * 3600 + int(rest[4:6]) * 60
+            seconds -= offset if rest[0] == "+" else -offset
+    except (ValueError, IndexError):
+        raise ValueError(f"not an RFC3339 timestamp: {value[:40]!r}") from None
+    return seconds * 1_000_000_000 + frac_ns
+
+
+def ts_ms(value: str) -> int:
+    return ts_ns(value) // 1_000_000
+
+
+# ---- payloads ------------------------------------------------------------------------------------
+# Field names are the proto's snake_case; `rename="camel"` maps them to the JSON names Ray sends.
+# Rarely used nested messages (death causes, error infos, function descriptors) stay plain dicts.
+
+
+class _Msg(Struct, rename="camel", omit_defaults=True, gc=False):
+    # gc=False: millions of small structs per session must not trigger the cyclic GC.
+    pass
+
+
+class PythonFunctionDescriptor(_Msg):
+    module_name: str = ""
+    class_name: str = ""
+    function_name: str = ""
+    function_hash: str = ""
+
+
+class FunctionDescriptor(_Msg):
+    """Only one of the three is set; Java/C++ descriptors are kept as plain dicts."""
+
+    python_function_descriptor: PythonFunctionDescriptor | None = None
+    java_function_descriptor: dict[str, str] | None = None
+    cpp_function_descriptor: dict[str, str] | None = None
+
+
+class StateTransition(_Msg):
+    state: str = ""
+    timestamp: str = ""
+
+
+class TaskDefinition(_Msg):
+    task_id: str = ""
+    task_attempt: int = 0
+    task_type: str = "NORMAL_TASK"
+    language: str = "PYTHON"
+    task_func: FunctionDescriptor | None = None
+    task_name: str = ""
+    required_resources: dict[str, float] = {}
+    job_id: str = ""
+    parent_task_id: str = ""
+    placement_group_id: str = ""
+    ref_ids: dict[str, str] = {}
+    serialized_runtime_env: str = ""
+    call_site: str = ""
+    label_selector: dict[str, str] = {}
+    is_detached_actor: bool = False
+
+
+class ActorTaskDefinition(_Msg):
+    task_id: str = ""
+    task_attempt: int = 0
+    language: str = "PYTHON"
+    actor_func: FunctionDescriptor | None = None
+    actor_task_name: str = ""
+    required_resources: dict[str, float] = {}
+    job_id: str = ""
+    actor_id: str = ""
+    parent_task_id: str = ""
+    placement_group_id: str = ""
+    ref_ids: dict[str, str] = {}
+    serialized_runtime_env: str = ""
+    call_site: str = ""
+    label_selector: dict[str, str] = {}
+    is_detached_actor: bool = False
+
+
+class TaskLogInfo(_Msg):
+    stdout_file: str = ""
+    stderr_file: str = ""
+    stdout_start: int | str = 0
+    stdout_end: int | str = 0
+    stderr_start: int | str = 0
+    stderr_end: int | str = 0
+
+
+class TaskLifecycle(_Msg):
+    task_id: str = ""
+    task_attempt: int = 0
+    state_transitions: list[StateTransition] = []
+    ray_error_info: dict[str, Any] | None = None
+    node_id: str = ""
+    worker_id: str = ""
+    worker_pid: int = 0
+    job_id: str = ""
+    is_debugger_paused: bool = False
+    actor_repr_name: str = ""
+    task_log_info: TaskLogInfo | None = None
+
+
+class ProfileEventEntry(_Msg):
+    start_time: int | str = 0
+    end_time: int | str = 0
+    extra_data: str = ""
+    event_name: str = ""
+
+
+class ProfileEvents(_Msg):
+    component_type: str = ""
+    component_id: str = ""
+    node_ip_address: str = ""
+    events: list[ProfileEventEntry] = []
+
+
+class TaskProfile(_Msg):
+    task_id: str = ""
+    attempt_number: int = 0
+    job_id: str = ""
+    profile_events: ProfileEvents | None = None
+
+
+class ActorDefinition(_Msg):
+    actor_id: str = ""
+    job_id: str = ""
+    is_detached: bool = False
+    name: str = ""
+    ray_namespace: str = ""
+    serialized_runtime_env: str = ""
+    class_name: str = ""
+    required_resources: dict[str, float] = {}
+    placement_group_id: str = ""
+    label_selector: dict[str, str] = {}
+    call_site: str = ""
+    parent_id: str = ""
+    ref_ids: dict[str, str] = {}
+
+
+class ActorStateTransition(_Msg):
+    state: str = "DEPENDENCIES_UNREADY"
+    timestamp: str = ""
+    node_id: str = ""
+    worker_id: str = ""
+    repr_name: str = ""
+    death_cause: dict[str, Any] | None = None
+    pid: int = 0
+    port: int = 0
+    restart_reason: str = ""
+
+
+class ActorLifecycle(_Msg):
+    actor_id: str = ""
+    state_transitions: list[ActorStateTransition] = []
+
+
+class DriverJobConfig(_Msg):
+    serialized_runtime_env: str = ""
+    metadata: dict[str, str] = {}
+
+
+class DriverJobDefinition(_Msg):
+    job_id: str = ""
+    driver_pid: int | str = 0
+    driver_node_id: str = ""
+    entrypoint: str = ""
+    config: DriverJobConfig | None = None
+
+
+class DriverJobLifecycle(_Msg):
+    job_id: str = ""
+    state_transitions: list[StateTransition] = []
+
+
+class NodeDefinition(_Msg):
+    node_id: str = ""
+    node_ip_address: str = ""
+    labels: dict[str, str] = {}
+    start_timestamp: str = ""
+    hostname: str = ""
+    node_name: str = ""
+    instance_id: str = ""
+    instance_type_name: str = ""
+
+
+class NodeStateTransition(_Msg):
+    state: str = "ALIVE"
+    timestamp: str = ""
+    resources: dict[str, float] = {}
+    death_info: dict[str, Any] | None = None
+    alive_sub_state: str = ""
+
+
+class NodeLifecycle(_Msg):
+    node_id: str = ""
+    state_transitions: list[NodeStateTransition] = []
+
+
+class WorkerDefinition(_Msg):
+    worker_id: str = ""
+    node_id: str = ""
+    worker_type: str = "WORKER"
+    pid: int = 0
+
+
+class WorkerStateTransition(_Msg):
+    state: str = "ALIVE"
+    timestamp: str = ""
+    worker_launch_time_ms: int | str = 0
+    worker_launched_time_ms: int | str = 0
+    start_time_ms: int | str = 0
+    end_time_ms: int | str = 0
+    death_info: dict[str, Any] | None = None
+
+
+class WorkerLifecycle(_Msg):
+    worker_id: str = ""
+    job_id: str = ""
+    state_transitions: list[WorkerStateTransition] = []
+
+
+class RayEvent(_Msg):
+    """One event; exactly one payload attribute is set, the one `PAYLOAD_FIELD[event_type]` names."""
+
+    event_id: str
+    event_type: str
+    session_name: str
+    timestamp: str = ""
+    source_type: str = ""
+    severity: str = ""
+    message: str = ""
+    node_id: str = ""
+    task_definition_event: TaskDefinition | None = None
+    task_lifecycle_event: TaskLifecycle | None = None
+    actor_task_definition_event: ActorTaskDefinition | None = None
+    task_profile_events: TaskProfile | None = None
+    driver_job_definition_event: DriverJobDefinition | None = None
+    driver_job_lifecycle_event: DriverJobLifecycle | None = None
+    node_definition_event: NodeDefinition | None = None
+    node_lifecycle_event: NodeLifecycle | None = None
+    actor_definition_event: ActorDefinition | None = None
+    actor_lifecycle_event: ActorLifecycle | None = None
+    worker_definition_event: WorkerDefinition | None = None
+    worker_lifecycle_event: WorkerLifecycle | None = None
+
+    @property
+    def payload(self) -> Any:
+        return getattr(self, PAYLOAD_FIELD[self.event_type])
+
+
+class UnknownEvent(Struct):
+    """An event of a type this version does not model (e.g. PLATFORM_EVENT), kept as it came."""
+
+    event_id: str
+    event_type: str
+    session_name: str
+    node_id: str
+    raw: bytes
+
+
+PAYLOAD_FIELD: dict[str, str] = {
+    "TASK_DEFINITION_EVENT": "task_definition_event",
+    "TASK_LIFECYCLE_EVENT": "task_lifecycle_event",
+    "ACTOR_TASK_DEFINITION_EVENT": "actor_task_definition_event",
+    "TASK_PROFILE_EVENT": "task_profile_events",
+    "DRIVER_JOB_DEFINITION_EVENT": "driver_job_definition_event",
+    "DRIVER_JOB_LIFECYCLE_EVENT": "driver_job_lifecycle_event",
+    "NODE_DEFINITION_EVENT": "node_definition_event",
+    "NODE_LIFECYCLE_EVENT": "node_lifecycle_event",
+    "ACTOR_DEFINITION_EVENT": "actor_definition_event",
+    "ACTOR_LIFECYCLE_EVENT": "actor_lifecycle_event",
+    "WORKER_DEFINITION_EVENT": "worker_definition_event",
+    "WORKER_LIFECYCLE_EVENT": "worker_lifecycle_event",
+}
+KNOWN_EVENT_TYPES = frozenset(PAYLOAD_FIELD)
+
+
+class EventError(Struct):
+    """Why the event at `index` of a batch was rejected."""
+
+    index: int
+    reason: str
+    event_id: str = ""
+
+
+class DecodedBatch(Struct):
+    events: list[RayEvent | UnknownEvent]
+    errors: list[EventError]
+
+
+class AcceptedEvent(Struct):
+    """A validated event as the collector stores it: its routing fields and its compact JSON."""
+
+    event_id: str
+    session_name: str
+    node_id_hex: str
+    raw: bytes
+
+
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_event_list = msgspec.json.Decoder(list[RayEvent])
+_event_decoder = msgspec.json.Decoder(RayEvent)
+_SESSION_RE = re.compile(r"^session_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_\d{6}_\d+$")
+
+
+@lru_cache(maxsize=1024)
+def _session_ok(name: str) -> bool:
+    return bool(_SESSION_RE.match(name))
+
+
+def _as_array(data: bytes) -> bytes:
+    """A JSON array (what Ray POSTs) stays as it is; JSON lines (what the collector stores) become one."""
+    stripped = data.strip()
+    if stripped[:1] == b"[":
+        return stripped
+    if b"\r" in stripped or b"\n\n" in stripped:
+        stripped = b"\n".join(line for line in stripped.splitlines() if line.strip())
+    return b"[" + stripped.replace(b"\n", b",") + b"]"
+
+
+def check_event(event: RayEvent) -> str:
+    """Why a decoded event is unusable, or ''. Its session and node ids become storage keys."""
+    if not event.event_id:
+        return "eventId is empty"
+    if not event.event_type:
+        return "eventType is empty"
+    if not _session_ok(event.session_name):
+        return f"sessionName {event.session_name[:80]!r} is not a Ray session name"
+    try:
+        node = hex_id(event.node_id)
+    except (binascii.Error, ValueError):
+        return "nodeId is not base64"
+    if len(node) != 56:
+        return f"nodeId decodes to {len(node) // 2} bytes, expected 28"
+    try:
+        ts_ns(event.timestamp)
+    except ValueError as exc:
+        return str(exc)
+    field = PAYLOAD_FIELD.get(event.event_type)
+    if field is not None and getattr(event, field) is None:
+        return f"{event.event_type} has no {_camel(field)} payload"
+    return ""
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def _event_id_of(raw: msgspec.Raw) -> str:
+    try:
+        value = msgspec.json.decode(raw).get("eventId", "")
+    except (msgspec.DecodeError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
+def _decode_each(array: bytes) -> tuple[list[tuple[RayEvent, msgspec.Raw]], list[EventError]]:
+    """Slow path, taken only when a batch has a bad event: decode one by one to isolate it."""
+    raws = _raw_list.decode(array)
+    good: list[tuple[RayEvent, msgspec.Raw]] = []
+    errors: list[EventError] = []
+    for i, raw in enumerate(raws):
+        try:
+            good.append((_event_decoder.decode(raw), raw))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            errors.append(EventError(index=i, reason=str(exc), event_id=_event_id_of(raw)))
+    return good, errors
+
+
+def _decode(data: bytes, keep_raw: bool) -> tuple[list[tuple[int, RayEvent, msgspec.Raw | None]], list[EventError]]:
+    """Decode a whole batch with one msgspec call; fall back to per-event decoding if it fails."""
+    array = _as_array(data)
+    try:
+        events = _event_list.decode(array)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError as exc:
+        try:
+            _raw_list.decode(array)
+        except msgspec.DecodeError:
+            return [], [EventError(index=-1, reason=f"body is not a JSON array of events: {exc}")]
+    else:
+        raws: list[msgspec.Raw] | None = None
+        out: list[tuple[int, RayEvent, msgspec.Raw | None]] = []
+        errors: list[EventError] = []
+        for i, event in enumerate(events):
+            reason = check_event(event)
+            if reason:
+                errors.append(EventError(index=i, reason=reason, event_id=event.event_id))
+                continue
+            raw = None
+            if keep_raw or event.event_type not in KNOWN_EVENT_TYPES:
+                if raws is None:
+                    raws = _raw_list.decode(array)
+                raw = raws[i]
+            out.append((i, event, raw))
+        return out, errors
+    pairs, errors = _decode_each(array)
+    index_of = {id(raw): i for i, raw in enumerate(_raw_list.decode(array))}
+    out = []
+    for event, raw in pairs:
+        i = index_of.get(id(raw), -1)
+        reason = check_event(event)
+        if reason:
+            errors.append(EventError(index=i, reason=reason, event_id=event.event_id))
+        else:
+            out.append((i, event, raw))
+    errors.sort(key=lambda e: e.index)
+    return out, errors
+
+
+def decode_events(data: bytes) -> DecodedBatch:
+    """Decode a batch (JSON array or JSON lines) into typed events; each bad event is an error of its own."""
+    decoded, errors = _decode(data, keep_raw=False)
+    events: list[RayEvent | UnknownEvent] = [
+        event if event.event_type in KNOWN_EVENT_TYPES
+        else UnknownEvent(event.event_id, event.event_type, event.session_name, event.node_id, bytes(raw))
+        for _, event, raw in decoded
+    ]
+    return DecodedBatch(events, errors)
+
+
+def accept_events(data: bytes) -> tuple[list[AcceptedEvent], list[EventError]]:
+    """The collector's check: every event validated on its own; good ones kept as one-line JSON."""
+    decoded, errors = _decode(data, keep_raw=True)
+    accepted = [
+        AcceptedEvent(event.event_id, event.session_name, hex_id(event.node_id), msgspec.json.format(bytes(raw), indent=0))
+        for _, event, raw in decoded
+    ]
+    return accepted, errors

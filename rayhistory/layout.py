@@ -1,0 +1,237 @@
+"""The storage layout: every object key the project reads or writes is built and parsed here.
+
+Keys are relative to the store's root URL. Every object is written once under a name no other writer
+can produce (a timestamp plus a writer id), so many collectors and server replicas write concurrently
+without read-modify-write races. The layout is versioned by its first segment. See
+docs/storage-layout.md for a worked example.
+
+    v1/index/{namespace}/{cluster}/{session}/{kind}-{unix_ms}-{writer}.json
+    v1/sessions/{namespace}/{cluster}/{session}/events/{node_id}/{unix_ms}-{writer}-{seq}.jsonl.gz
+    v1/sessions/{namespace}/{cluster}/{session}/logs/{node_id}/{relpath}/{generation}-{offset}.part
+    v1/sessions/{namespace}/{cluster}/{session}/endpoints/{endpoint}/{unix_ms}-{writer}.json
+    v1/sessions/{namespace}/{cluster}/{session}/snapshots/v{format}/{unix_ms}-{writer}.snap
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+LAYOUT_VERSION = "v1"
+
+# Kubernetes object names (DNS-1123 subdomain, relaxed to allow upper case for local use).
+_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+# Ray session folders: session_2026-11-23_13-47-55_556257_9670
+SESSION_RE = re.compile(r"^session_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_\d{6}_\d+$")
+_NODE_ID_RE = re.compile(r"^[0-9a-f]{56}$")
+_WRITER_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
+_ENDPOINT_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_PATH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.@+=,%-]{1,255}$")
+
+
+class LayoutError(ValueError):
+    """A name that cannot be part of a key (it would escape its prefix or collide)."""
+
+
+def _check(value: str, pattern: re.Pattern[str], what: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value) or value in (".", ".."):
+        raise LayoutError(f"invalid {what}: {value!r}")
+    return value
+
+
+def check_name(value: str, what: str = "name") -> str:
+    return _check(value, _NAME_RE, what)
+
+
+def check_session(value: str) -> str:
+    return _check(value, SESSION_RE, "session name")
+
+
+def check_node_id(value: str) -> str:
+    return _check(value, _NODE_ID_RE, "node id (56 hex digits)")
+
+
+def check_relpath(relpath: str) -> str:
+    """A log file path relative to the session's logs folder; never leaves it."""
+    if not isinstance(relpath, str) or not relpath or relpath.startswith("/") or "\\" in relpath:
+        raise LayoutError(f"invalid log path: {relpath!r}")
+    parts = relpath.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or not _PATH_SEGMENT_RE.match(part):
+            raise LayoutError(f"invalid log path: {relpath!r}")
+    return relpath
+
+
+def new_writer_id() -> str:
+    """A random id for one writer process; makes its keys unique without coordination."""
+    return secrets.token_hex(6)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def session_start_ms(session: str) -> int:
+    """Ray encodes the session's start (local time of the head, taken as UTC) in its name."""
+    import datetime as _dt
+
+    check_session(session)
+    _, day, clock, micros, _pid = session.split("_")
+    stamp = _dt.datetime.strptime(f"{day} {clock}", "%Y-%m-%d %H-%M-%S").replace(tzinfo=_dt.timezone.utc)
+    return int(stamp.timestamp() * 1000) + int(micros) // 1000
+
+
+@dataclass(frozen=True, order=True)
+class SessionRef:
+    """Where one Ray session of one RayCluster lives."""
+
+    namespace: str
+    cluster: str
+    session: str
+
+    def __post_init__(self) -> None:
+        check_name(self.namespace, "namespace")
+        check_name(self.cluster, "cluster name")
+        check_session(self.session)
+
+    @property
+    def tail(self) -> str:
+        return f"{self.namespace}/{self.cluster}/{self.session}"
+
+
+class IndexKind(str, Enum):
+    LIVE = "live"  # a collector saw the session on a node
+    FLUSHED = "flushed"  # a collector finished its final flush for a node
+    DEAD = "dead"  # the session is over (operator finalizer, mark-dead, head restart)
+
+
+# ---- prefixes ----------------------------------------------------------------------------------
+
+def index_root() -> str:
+    return f"{LAYOUT_VERSION}/index/"
+
+
+def index_cluster_prefix(namespace: str, cluster: str) -> str:
+    return f"{LAYOUT_VERSION}/index/{check_name(namespace, 'namespace')}/{check_name(cluster, 'cluster name')}/"
+
+
+def index_session_prefix(ref: SessionRef) -> str:
+    return f"{LAYOUT_VERSION}/index/{ref.tail}/"
+
+
+def session_prefix(ref: SessionRef) -> str:
+    return f"{LAYOUT_VERSION}/sessions/{ref.tail}/"
+
+
+def events_prefix(ref: SessionRef) -> str:
+    return session_prefix(ref) + "events/"
+
+
+def logs_prefix(ref: SessionRef, node_id: str | None = None) -> str:
+    base = session_prefix(ref) + "logs/"
+    return base if node_id is None else base + check_node_id(node_id) + "/"
+
+
+def log_file_prefix(ref: SessionRef, node_id: str, relpath: str) -> str:
+    return logs_prefix(ref, node_id) + check_relpath(relpath) + "/"
+
+
+def endpoints_prefix(ref: SessionRef, endpoint: str | None = None) -> str:
+    base = session_prefix(ref) + "endpoints/"
+    return base if endpoint is None else base + _check(endpoint, _ENDPOINT_RE, "endpoint name") + "/"
+
+
+def snapshots_prefix(ref: SessionRef, format_version: int) -> str:
+    return session_prefix(ref) + f"snapshots/v{int(format_version)}/"
+
+
+# ---- object keys -------------------------------------------------------------------------------
+
+def index_record_key(ref: SessionRef, kind: IndexKind, writer: str, at_ms: int | None = None) -> str:
+    _check(writer, _WRITER_RE, "writer id")
+    return index_session_prefix(ref) + f"{IndexKind(kind).value}-{at_ms if at_ms is not None else now_ms():013d}-{writer}.json"
+
+
+def event_batch_key(ref: SessionRef, node_id: str, writer: str, seq: int, at_ms: int | None = None) -> str:
+    _check(writer, _WRITER_RE, "writer id")
+    stamp = at_ms if at_ms is not None else now_ms()
+    return events_prefix(ref) + f"{check_node_id(node_id)}/{stamp:013d}-{writer}-{int(seq):08d}.jsonl.gz"
+
+
+def log_part_key(ref: SessionRef, node_id: str, relpath: str, generation: int, offset: int) -> str:
+    """One uploaded range of a log file; its bytes start at `offset` of the file's `generation`."""
+    return log_file_prefix(ref, node_id, relpath) + f"{int(generation):06d}-{int(offset):016d}.part"
+
+
+def endpoint_key(ref: SessionRef, endpoint: str, writer: str, at_ms: int | None = None) -> str:
+    _check(writer, _WRITER_RE, "writer id")
+    return endpoints_prefix(ref, endpoint) + f"{at_ms if at_ms is not None else now_ms():013d}-{writer}.json"
+
+
+def snapshot_key(ref: SessionRef, format_version: int, writer: str, at_ms: int | None = None) -> str:
+    _check(writer, _WRITER_RE, "writer id")
+    return snapshots_prefix(ref, format_version) + f"{at_ms if at_ms is not None else now_ms():013d}-{writer}.snap"
+
+
+# ---- parsing keys back -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IndexRecordName:
+    ref: SessionRef
+    kind: IndexKind
+    at_ms: int
+    writer: str
+
+
+def parse_index_record_key(key: str) -> IndexRecordName:
+    parts = key.split("/")
+    if len(parts) != 6 or parts[0] != LAYOUT_VERSION or parts[1] != "index":
+        raise LayoutError(f"not an index record key: {key!r}")
+    name = parts[5]
+    if not name.endswith(".json"):
+        raise LayoutError(f"not an index record key: {key!r}")
+    kind, at_ms, writer = name[: -len(".json")].split("-", 2)
+    return IndexRecordName(SessionRef(parts[2], parts[3], parts[4]), IndexKind(kind), int(at_ms), writer)
+
+
+@dataclass(frozen=True)
+class EventBatchName:
+    node_id: str
+    at_ms: int
+    writer: str
+    seq: int
+
+
+def parse_event_batch_key(ref: SessionRef, key: str) -> EventBatchName:
+    prefix = events_prefix(ref)
+    if not key.startswith(prefix) or not key.endswith(".jsonl.gz"):
+        raise LayoutError(f"not an event batch key: {key!r}")
+    node_id, name = key[len(prefix):].split("/", 1)
+    at_ms, writer, seq = name[: -len(".jsonl.gz")].split("-")
+    return EventBatchName(check_node_id(node_id), int(at_ms), writer, int(seq))
+
+
+@dataclass(frozen=True)
+class LogPartName:
+    node_id: str
+    relpath: str
+    generation: int
+    offset: int
+
+
+def parse_log_part_key(ref: SessionRef, key: str) -> LogPartName:
+    prefix = logs_prefix(ref)
+    if not key.startswith(prefix) or not key.endswith(".part"):
+        raise LayoutError(f"not a log part key: {key!r}")
+    node_id, rest = key[len(prefix):].split("/", 1)
+    relpath, name = rest.rsplit("/", 1)
+    generation, offset = name[: -len(".part")].split("-")
+    return LogPartName(check_node_id(node_id), check_relpath(relpath), int(generation), int(offset))
+
+
+def latest_key(keys: list[str]) -> str | None:
+    """Keys named {unix_ms}-... sort by time; the newest write of an endpoint or snapshot wins."""
+    return max(keys, key=lambda k: k.rsplit("/", 1)[-1]) if keys else None

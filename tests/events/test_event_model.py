@@ -1,0 +1,143 @@
+"""The event model against every event Ray 2.60 really sent, and the live dashboard's ids."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from rayhistory import events as ev
+from tests.conftest import HEAD_NODE_ID, SESSION_NAME, api_answer, received_bodies
+
+
+def _all_events():
+    batch = json.dumps([e for body in received_bodies() for e in body]).encode()
+    return ev.decode_events(batch)
+
+
+def test_every_received_event_parses_without_error():
+    decoded = _all_events()
+    assert decoded.errors == []
+    assert len(decoded.events) == 440
+    assert all(isinstance(e, ev.RayEvent) for e in decoded.events)
+    counts: dict[str, int] = {}
+    for e in decoded.events:
+        counts[e.event_type] = counts.get(e.event_type, 0) + 1
+        assert e.payload is not None
+        assert e.session_name == SESSION_NAME
+        assert ev.hex_id(e.node_id) == HEAD_NODE_ID
+    # the counts the fixture README reports for RUN A
+    assert counts == {
+        "TASK_LIFECYCLE_EVENT": 211, "TASK_DEFINITION_EVENT": 66, "TASK_PROFILE_EVENT": 84,
+        "ACTOR_TASK_DEFINITION_EVENT": 11, "ACTOR_DEFINITION_EVENT": 5, "ACTOR_LIFECYCLE_EVENT": 9,
+        "DRIVER_JOB_DEFINITION_EVENT": 2, "DRIVER_JOB_LIFECYCLE_EVENT": 4, "NODE_DEFINITION_EVENT": 1,
+        "NODE_LIFECYCLE_EVENT": 1, "WORKER_DEFINITION_EVENT": 16, "WORKER_LIFECYCLE_EVENT": 30,
+    }
+
+
+def test_decoded_ids_match_the_live_dashboard():
+    decoded = _all_events().events
+    task_ids = {ev.hex_id(e.task_definition_event.task_id) for e in decoded if e.task_definition_event}
+    task_ids |= {ev.hex_id(e.actor_task_definition_event.task_id) for e in decoded if e.actor_task_definition_event}
+    actor_ids = {ev.hex_id(e.actor_definition_event.actor_id) for e in decoded if e.actor_definition_event}
+    job_ids = {ev.hex_id(e.driver_job_definition_event.job_id) for e in decoded if e.driver_job_definition_event}
+    node_ids = {ev.hex_id(e.node_definition_event.node_id) for e in decoded if e.node_definition_event}
+
+    live_tasks = api_answer("api__v0__tasks__detail=1__limit=10000.json")["data"]["result"]["result"]
+    live_actors = api_answer("api__v0__actors__detail=1__limit=10000.json")["data"]["result"]["result"]
+    live_nodes = api_answer("api__v0__nodes__detail=1__limit=10000.json")["data"]["result"]["result"]
+    live_jobs = api_answer("api__jobs.json")
+
+    assert {t["task_id"] for t in live_tasks} <= task_ids
+    assert len(task_ids - {t["task_id"] for t in live_tasks}) == 6  # the DRIVER_TASKs /api/v0/tasks leaves out
+    assert {a["actor_id"] for a in live_actors} == actor_ids
+    assert {n["node_id"] for n in live_nodes} == node_ids
+    assert {j["job_id"] for j in live_jobs if j["job_id"]} == job_ids
+
+
+def test_ids_and_numbers_are_decoded_like_ray_does():
+    assert ev.hex_id("AQAAAA==") == "01000000"
+    assert ev.hex_id("////////////////////////") == "ff" * 18
+    assert ev.hex_id("") == ""
+    assert ev.ts_ns("2026-11-23T13:48:03.261643971Z") == 1795441683261643971
+    assert ev.ts_ns("2026-11-23T13:48:03.260Z") == 1795441683260000000
+    assert ev.ts_ns("2026-11-23T13:48:03Z") == 1795441683000000000
+    assert ev.ts_ns("2026-11-23T14:48:03.5+01:00") == 1795441683500000000
+    for bad in ("2026-13-23T13:48:03Z", "yesterday", "2026-11-23 13:48:03", "2026-11-23T13:48:03.Z"):
+        with pytest.raises(ValueError):
+            ev.ts_ns(bad)
+
+
+def _example(event_type: str) -> dict:
+    return json.loads(json.dumps(api_examples()[event_type]))
+
+
+def api_examples() -> dict:
+    from tests.conftest import FIXTURES
+
+    return json.loads((FIXTURES / "received_examples_by_type.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda e: e.update(sessionName="../../etc"), "is not a Ray session name"),
+        (lambda e: e.update(nodeId="not base64!"), "nodeId is not base64"),
+        (lambda e: e.update(nodeId="AQAAAA=="), "expected 28"),
+        (lambda e: e.update(eventId=""), "eventId is empty"),
+        (lambda e: e.update(timestamp="yesterday"), "not an RFC3339 timestamp"),
+        (lambda e: e.pop("taskDefinitionEvent"), "has no taskDefinitionEvent payload"),
+        (lambda e: e["taskDefinitionEvent"].update(taskAttempt="zero"), "taskAttempt"),
+        (lambda e: e.pop("eventId"), "eventId"),
+    ],
+)
+def test_a_malformed_event_is_rejected_alone_with_its_reason(mutate, reason):
+    good1, good2 = _example("TASK_LIFECYCLE_EVENT"), _example("NODE_DEFINITION_EVENT")
+    bad = _example("TASK_DEFINITION_EVENT")
+    mutate(bad)
+    batch = json.dumps([good1, bad, good2]).encode()
+    decoded = ev.decode_events(batch)
+    assert [e.event_id for e in decoded.events] == [good1["eventId"], good2["eventId"]]
+    assert len(decoded.errors) == 1
+    assert decoded.errors[0].index == 1
+    assert reason in decoded.errors[0].reason
+    accepted, errors = ev.accept_events(batch)
+    assert [a.event_id for a in accepted] == [good1["eventId"], good2["eventId"]]
+    assert [e.index for e in errors] == [1]
+
+
+def test_unknown_event_types_are_kept_raw():
+    platform = {
+        "eventId": "AAAA", "sourceType": "CLUSTER_LIFECYCLE", "eventType": "PLATFORM_EVENT",
+        "timestamp": "2026-11-23T13:48:03Z", "severity": "INFO", "message": "", "sessionName": SESSION_NAME,
+        "nodeId": _example("NODE_DEFINITION_EVENT")["nodeId"], "platformEvent": {"objectKind": "Pod"},
+    }
+    decoded = ev.decode_events(json.dumps([platform, _example("NODE_LIFECYCLE_EVENT")]).encode())
+    assert decoded.errors == []
+    unknown = decoded.events[0]
+    assert isinstance(unknown, ev.UnknownEvent)
+    assert json.loads(unknown.raw)["platformEvent"] == {"objectKind": "Pod"}
+
+
+def test_json_lines_and_arrays_decode_alike():
+    body = received_bodies()[5]
+    lines = b"\n".join(json.dumps(e).encode() for e in body) + b"\n"
+    a = ev.decode_events(json.dumps(body, indent=2).encode())
+    b = ev.decode_events(lines)
+    assert [e.event_id for e in a.events] == [e.event_id for e in b.events] == [e["eventId"] for e in body]
+
+
+def test_accepted_events_are_one_compact_line_each():
+    body = received_bodies()[3]
+    accepted, errors = ev.accept_events(json.dumps(body, indent=2).encode())
+    assert errors == []
+    for a, original in zip(accepted, body):
+        assert b"\n" not in a.raw
+        assert msgspec.json.decode(a.raw) == original
+        assert a.session_name == SESSION_NAME and a.node_id_hex == HEAD_NODE_ID
+
+
+def test_a_body_that_is_not_json_is_one_error():
+    decoded = ev.decode_events(b"{not json")
+    assert decoded.events == [] and decoded.errors[0].index == -1

@@ -1,0 +1,124 @@
+"""One suite, every backend: write, list by prefix, read, ranged read, delete, the session index,
+and concurrent writers that never overwrite each other."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rayhistory import layout
+from rayhistory.index import SessionIndex, mark_dead, merge_records
+from rayhistory.layout import IndexKind, SessionRef
+from rayhistory.store import ObjectNotFound, Store
+
+REF = SessionRef("ray", "demo-cluster", "session_2026-11-23_13-47-55_556257_9670")
+NODE = "b9f6904d0ece740ede49c3a63814b9b8a86f18bd7142541a299c8dc2"
+
+
+async def test_write_read_list_range_delete(store: Store):
+    key = layout.event_batch_key(REF, NODE, "w1", 1, at_ms=1000)
+    other = layout.endpoint_key(REF, "placement_groups", "w1", at_ms=2000)
+    await store.put(key, b"0123456789")
+    await store.put(other, b'{"a": 1}')
+    assert await store.get(key) == b"0123456789"
+    assert await store.get_range(key, 2, 5) == b"234"
+    listed = await store.list(layout.events_prefix(REF))
+    assert [(o.key, o.size) for o in listed] == [(key, 10)]
+    assert {o.key for o in await store.list(layout.session_prefix(REF))} == {key, other}
+    assert await store.list("v1/sessions/nope/") == []
+    await store.delete([key])
+    with pytest.raises(ObjectNotFound):
+        await store.get(key)
+    assert await store.delete_prefix(layout.session_prefix(REF)) == 1
+    assert await store.list(layout.session_prefix(REF)) == []
+
+
+async def test_get_many_reports_missing_objects_without_raising(store: Store):
+    key = layout.endpoint_key(REF, "timezone", "w1", at_ms=1)
+    await store.put(key, b"x")
+    got = await store.get_many([key, key + ".missing"])
+    assert got[key] == b"x"
+    assert isinstance(got[key + ".missing"], Exception)
+
+
+async def test_concurrent_writers_never_overwrite_each_other(store: Store):
+    writers = [layout.new_writer_id() for _ in range(8)]
+    at = layout.now_ms()  # the same millisecond for every writer: names must still differ
+    keys = [layout.event_batch_key(REF, NODE, w, seq, at_ms=at) for w in writers for seq in range(5)]
+    assert len(set(keys)) == len(keys)
+    await asyncio.gather(*(store.put(k, k.encode()) for k in keys))
+    listed = await store.list(layout.events_prefix(REF))
+    assert sorted(o.key for o in listed) == sorted(keys)
+    got = await store.get_many(keys)
+    assert all(got[k] == k.encode() for k in keys)
+
+
+async def test_session_index_lists_live_and_dead_sessions(store: Store):
+    other = SessionRef("ray", "demo-cluster", "session_2026-11-24_08-00-00_000001_1")
+    collector_a, collector_b = SessionIndex(store), SessionIndex(store)
+    await collector_a.append(REF, IndexKind.LIVE, node_ids=[NODE], owner_kind="RayJob", owner_name="job-1")
+    await collector_b.append(REF, IndexKind.LIVE, node_ids=["a" * 56])
+    await collector_a.append(other, IndexKind.LIVE, node_ids=[NODE])
+    await collector_a.append(REF, IndexKind.FLUSHED, node_ids=[NODE])
+
+    reader = SessionIndex(store)
+    sessions = await reader.sessions()
+    assert [s.session for s in sessions] == [other.session, REF.session]  # newest first
+    first = sessions[1]
+    assert first.state == "live" and first.owner_kind == "RayJob" and first.owner_name == "job-1"
+    assert first.node_ids == sorted([NODE, "a" * 56]) and first.flushed_node_ids == [NODE]
+    assert first.start_ms == layout.session_start_ms(REF.session)
+
+    marked = await mark_dead(store, "ray", "demo-cluster", reason="cluster deleted")
+    assert sorted(s.session for s in marked) == sorted([REF.session, other.session])
+    assert await mark_dead(store, "ray", "demo-cluster") == []  # idempotent
+    after = {s.session: s for s in await reader.sessions("ray", "demo-cluster")}
+    assert after[REF.session].state == "dead" and after[REF.session].end_ms > 0
+    assert after[REF.session].dead_reason == "cluster deleted"
+    assert await reader.sessions("ray", "other-cluster") == []
+
+
+async def test_a_corrupt_index_record_does_not_hide_the_others(store: Store):
+    index = SessionIndex(store)
+    await index.append(REF, IndexKind.LIVE, node_ids=[NODE])
+    await store.put(layout.index_record_key(REF, IndexKind.LIVE, "broken", at_ms=5), b"{not json")
+    reader = SessionIndex(store)
+    assert [s.session for s in await reader.sessions()] == [REF.session]
+    assert len(reader.unreadable) == 1
+
+
+def test_merge_is_order_independent():
+    from rayhistory.index import IndexRecord
+
+    recs = [
+        IndexRecord(kind="live", namespace="n", cluster="c", session=REF.session, at_ms=1, node_ids=["x"]),
+        IndexRecord(kind="dead", namespace="n", cluster="c", session=REF.session, at_ms=5, end_ms=5, reason="r1"),
+        IndexRecord(kind="dead", namespace="n", cluster="c", session=REF.session, at_ms=9, end_ms=9, reason="r2"),
+    ]
+    assert merge_records(recs) == merge_records(list(reversed(recs)))
+    assert merge_records(recs)[0].end_ms == 5
+
+
+def test_key_building_refuses_names_that_escape_their_prefix():
+    for bad in ("..", "a/b", "", "-x", "a" * 300):
+        with pytest.raises(layout.LayoutError):
+            SessionRef(bad, "c", REF.session)
+    with pytest.raises(layout.LayoutError):
+        SessionRef("ns", "c", "session_../../x")
+    for bad in ("../x", "/etc/passwd", "a//b", "a/./b", "a\\b", "a/../../b", "%2e%2e/x/.."):
+        with pytest.raises(layout.LayoutError):
+            layout.log_part_key(REF, NODE, bad, 0, 0)
+    assert layout.log_part_key(REF, NODE, "events/event_GCS.log", 1, 42).endswith(
+        "/logs/" + NODE + "/events/event_GCS.log/000001-0000000000000042.part"
+    )
+
+
+def test_keys_parse_back():
+    key = layout.event_batch_key(REF, NODE, "abc123", 7, at_ms=1234)
+    assert layout.parse_event_batch_key(REF, key) == layout.EventBatchName(NODE, 1234, "abc123", 7)
+    part = layout.log_part_key(REF, NODE, "events/event_GCS.log", 2, 99)
+    assert layout.parse_log_part_key(REF, part) == layout.LogPartName(NODE, "events/event_GCS.log", 2, 99)
+    rec = layout.index_record_key(REF, IndexKind.DEAD, "w9", at_ms=77)
+    parsed = layout.parse_index_record_key(rec)
+    assert (parsed.ref, parsed.kind, parsed.at_ms, parsed.writer) == (REF, IndexKind.DEAD, 77, "w9")
