@@ -60,8 +60,8 @@ def _is_mapping(annotation: Any) -> bool:
 def add_settings_arguments(parser: argparse.ArgumentParser, model: type[BaseSettings]) -> None:
     """One flag per field; unset flags stay out of the namespace so the environment still applies."""
     for name, field in model.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description or ''} [env {env_name(name)}; default {default!r}]"
+        default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
+        help_text = f"{field.description or ''} [env {env_name(name)}; {default}]"
         if _is_bool(field.annotation):
             parser.add_argument(
                 flag_name(name), dest=name, action=argparse.BooleanOptionalAction,

@@ -34,6 +34,63 @@ async def test_write_read_list_range_delete(store: Store):
     assert await store.list(layout.session_prefix(REF)) == []
 
 
+async def test_ranges_exists_and_deleting_missing_keys(store: Store):
+    key = layout.event_batch_key(REF, NODE, "w1", 1, at_ms=1000)
+    other = layout.event_batch_key(REF, NODE, "w1", 2, at_ms=1000)
+    await store.put(key, b"0123456789")
+    await store.put(other, b"x")
+    assert await store.get_range(key, 0, 1) == b"0"
+    assert await store.get_range(key, 8, 100) == b"89"  # a range past the end is cut, as a slice is
+    assert await store.get_range(key, 4, 4) == b""
+    assert await store.exists(key)
+    assert not await store.exists(key + ".missing")
+    assert not await store.exists(layout.events_prefix(REF).rstrip("/"))  # a "folder" is not an object
+    with pytest.raises(ObjectNotFound):
+        await store.get_range(key + ".missing", 0, 2)
+    await store.delete([key + ".missing", key, other])  # a missing key stops nothing
+    assert await store.list(layout.session_prefix(REF)) == []
+
+
+async def test_list_matches_any_key_prefix_not_only_folders(store: Store):
+    keys = [layout.endpoint_key(SessionRef("ray", cluster, REF.session), "timezone", "w1", at_ms=1)
+            for cluster in ("demo", "demo-cluster", "other")]
+    for key in keys:
+        await store.put(key, b"{}")
+    assert [o.key for o in await store.list("v1/sessions/ray/demo")] == sorted(keys[:2])
+    assert [o.key for o in await store.list("v1/sessions/ray/demo/")] == keys[:1]
+    assert [o.key for o in await store.list("")] == sorted(keys)
+
+
+async def test_stores_in_sibling_folders_of_one_bucket_stay_apart(store_config):
+    url, options = store_config
+    team_a, team_ab = Store(f"{url}/team-a", options), Store(f"{url}/team-ab", options)
+    key = layout.endpoint_key(REF, "timezone", "w1", at_ms=1)
+    await team_a.put(key, b"a")
+    await team_ab.put(key, b"ab")
+    assert [o.key for o in await team_a.list("")] == [key]
+    assert [o.key for o in await team_a.list("v1/")] == [key]
+    assert await team_ab.get(key) == b"ab"
+    assert await team_a.delete_prefix("") == 1
+    assert not await team_a.exists(key) and await team_ab.exists(key)
+    assert [o.key for o in await Store(url, options).list("")] == [f"team-ab/{key}"]
+
+
+async def test_listings_show_what_other_writers_did_since(store_config):
+    url, options = store_config
+    reader = Store(url, options)
+    # another process: its own filesystem object, nothing shared with the reader
+    writer = Store(url, {**options, "skip_instance_cache": True} if options else options)
+    prefix = layout.endpoints_prefix(REF)
+    first, second = (layout.endpoint_key(REF, "timezone", "w2", at_ms=at) for at in (1, 2))
+    await writer.put(first, b"1")
+    assert [o.key for o in await reader.list(prefix)] == [first]
+    assert await reader.exists(first) and not await reader.exists(second)
+    await writer.put(second, b"2")
+    await writer.delete([first])
+    assert [o.key for o in await reader.list(prefix)] == [second]
+    assert await reader.exists(second) and not await reader.exists(first)
+
+
 async def test_get_many_reports_missing_objects_without_raising(store: Store):
     key = layout.endpoint_key(REF, "timezone", "w1", at_ms=1)
     await store.put(key, b"x")
@@ -45,13 +102,16 @@ async def test_get_many_reports_missing_objects_without_raising(store: Store):
 async def test_concurrent_writers_never_overwrite_each_other(store: Store):
     writers = [layout.new_writer_id() for _ in range(8)]
     at = layout.now_ms()  # the same millisecond for every writer: names must still differ
-    keys = [layout.event_batch_key(REF, NODE, w, seq, at_ms=at) for w in writers for seq in range(5)]
+    # 120 objects: more than one page of a listing for ossfs (100 keys a page)
+    keys = [layout.event_batch_key(REF, NODE, w, seq, at_ms=at) for w in writers for seq in range(15)]
     assert len(set(keys)) == len(keys)
     await asyncio.gather(*(store.put(k, k.encode()) for k in keys))
     listed = await store.list(layout.events_prefix(REF))
     assert sorted(o.key for o in listed) == sorted(keys)
     got = await store.get_many(keys)
     assert all(got[k] == k.encode() for k in keys)
+    await store.delete(keys)
+    assert await store.list(layout.session_prefix(REF)) == []
 
 
 async def test_session_index_lists_live_and_dead_sessions(store: Store):
