@@ -1,0 +1,142 @@
+"""The Kopf handlers: thin adapters from Kopf's calls to the modules that do the work."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from typing import Any
+
+import kopf
+
+from rayhistory import layout
+from rayhistory.store import Store
+
+from . import config, finalizer, injection, reconcile, retention
+from .config import Settings
+from .history import HistorySpec, parse_spec, server_service_url
+from .kube import Kube, object_path
+from .prewarm import prewarm
+
+log = logging.getLogger(__name__)
+
+HISTORY = (config.GROUP, config.VERSION, config.HISTORY_PLURAL)
+RAYCLUSTER = (config.RAY_GROUP, config.RAY_VERSION, config.RAYCLUSTER_PLURAL)
+MAX_REPORTED_REMOVALS = 20
+
+
+class Handlers:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._kube: Kube | None = None
+        self._stores: dict[tuple[str, str], Store] = {}
+
+    @property
+    def kube(self) -> Kube:
+        if self._kube is None:  # after Kopf's login, in the operator's loop
+            self._kube = Kube()
+        return self._kube
+
+    def store(self, spec: HistorySpec) -> Store:
+        key = (spec.storage.url, json.dumps(spec.storage.options, sort_keys=True))
+        if key not in self._stores:
+            self._stores[key] = Store(spec.storage.url, spec.storage.options)
+        return self._stores[key]
+
+    def prewarm_url(self, history_name: str, namespace: str) -> str:
+        return self.settings.prewarm_url or server_service_url(history_name, namespace, config.SERVER_INTERNAL_PORT)
+
+    # ---- RayHistory -----------------------------------------------------------------------------
+
+    def index_histories(self, body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[str, Any]:
+        return {f"{namespace}/{name}": dict(body)}
+
+    async def reconcile(self, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
+        try:
+            history_spec = parse_spec(dict(spec))
+        except ValueError as exc:
+            patch.status["conditions"] = [reconcile.ready_condition(False, "InvalidSpec", str(exc)[:1000])]
+            raise kopf.PermanentError(f"invalid RayHistory spec: {exc}") from exc
+        status = await reconcile.reconcile(self.kube, dict(body), history_spec)
+        patch.status.update(status)
+
+    async def remove_history(self, body: kopf.Body, **_: Any) -> None:
+        await reconcile.remove_cluster_objects(self.kube, dict(body))
+
+    async def apply_retention(self, body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
+        history_spec = parse_spec(dict(spec))
+        run = await retention.apply_retention(
+            self.store(history_spec), history_spec.retention, layout.now_ms(),
+            int(self.settings.superseded_grace * 1000),
+        )
+        patch.status["sessionsRecorded"] = run.sessions_recorded
+        patch.status["retention"] = {
+            "lastRun": reconcile.now_rfc3339(),
+            "lastClosed": run.closed[:MAX_REPORTED_REMOVALS],
+            "lastRemoved": run.deleted[:MAX_REPORTED_REMOVALS],
+            "lastRemovedCount": len(run.deleted),
+            "lastRemovedObjects": run.deleted_objects,
+        }
+        if run.deleted or run.closed:
+            kopf.info(body, reason="Retention", message=(
+                f"removed {len(run.deleted)} session(s) ({run.deleted_objects} objects): "
+                f"{', '.join(run.deleted[:MAX_REPORTED_REMOVALS])}; closed {len(run.closed)} superseded session(s)"))
+
+    # ---- RayCluster -----------------------------------------------------------------------------
+
+    async def inject(self, body: kopf.Body, patch: kopf.Patch, warnings: list[str], histories: kopf.Index,
+                     **_: Any) -> None:
+        watched = self.settings.watched_namespaces()
+        if watched and body.get("metadata", {}).get("namespace") not in watched:
+            return  # its deletion would never be seen, so its finalizer would never be released
+        known = [value for key in histories for value in histories[key]]
+        changes, note = injection.admission_patch(dict(body), known)
+        if changes is None:
+            if note.startswith("rayhistory:"):
+                warnings.append(note)
+                log.warning("injection skipped", extra={"cluster": body.get("metadata", {}).get("name"), "why": note})
+            return
+        patch.metadata.setdefault("annotations", {}).update(changes["metadata"]["annotations"])
+        patch.metadata["finalizers"] = changes["metadata"]["finalizers"]
+        patch.spec.update(changes["spec"])
+
+    async def record_on_delete(self, body: kopf.Body, meta: kopf.Meta, namespace: str, name: str, retry: int,
+                               histories: kopf.Index, **_: Any) -> None:
+        ref = meta.get("annotations", {}).get(config.HISTORY_ANNOTATION, "")
+        found = list(histories.get(ref, []))
+        if not found:
+            kopf.warn(body, reason="NotRecorded", message=f"RayHistory {ref} is gone: sessions not marked dead")
+            return
+        history = found[0]
+        history_spec = parse_spec(history.get("spec") or {})
+        if retry == 0:
+            # The collectors flush when their pods stop; KubeRay does not stop them while we hold the cluster.
+            await self.kube.delete_collection(object_path("v1", "Pod", namespace), f"ray.io/cluster={name}")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        reached = finalizer.deadline_passed(meta.get("deletionTimestamp"), self.settings.finalizer_deadline, now)
+        try:
+            recorded = await finalizer.record_cluster(self.store(history_spec), namespace, name, reached)
+        except finalizer.FlushPending as exc:
+            raise kopf.TemporaryError(str(exc), delay=self.settings.finalizer_poll_interval) from exc
+        hmeta = history["metadata"]
+        results = await prewarm(self.prewarm_url(hmeta["name"], hmeta["namespace"]), self.settings.prewarm_token,
+                                [s.ref for s in recorded.marked], self.settings.prewarm_timeout)
+        # An event, not a return value: Kopf would store a result in the status, which belongs to KubeRay.
+        kopf.info(body, reason="Recorded", message=(
+            f"{len(recorded.marked)} session(s) marked dead in {hmeta['namespace']}/{hmeta['name']} "
+            f"({recorded.reason}); pre-warm: {results}"))
+
+    # ---- registration ---------------------------------------------------------------------------
+
+    def register(self, registry: kopf.OperatorRegistry) -> None:
+        s = self.settings
+        kopf.index(*HISTORY, id="histories", registry=registry)(self.index_histories)
+        kopf.on.create(*HISTORY, id="reconcile", registry=registry)(self.reconcile)
+        kopf.on.update(*HISTORY, id="reconcile", field="spec", registry=registry)(self.reconcile)
+        kopf.on.resume(*HISTORY, id="reconcile", registry=registry)(self.reconcile)
+        kopf.on.delete(*HISTORY, id="cleanup", registry=registry)(self.remove_history)
+        kopf.timer(*HISTORY, id="retention", interval=s.retention_interval, registry=registry)(self.apply_retention)
+        kopf.on.mutate(*RAYCLUSTER, id="inject", operations=["CREATE"], ignore_failures=True,
+                       registry=registry)(self.inject)
+        kopf.on.delete(*RAYCLUSTER, id="record", annotations={config.HISTORY_ANNOTATION: kopf.PRESENT},
+                       registry=registry)(self.record_on_delete)
