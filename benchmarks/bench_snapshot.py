@@ -1,0 +1,136 @@
+"""Snapshot build, compacted load, memory and API latency for synthetic sessions (benchmarks/synthetic.py).
+
+Run: make bench-server  (10k and 100k tasks; RAYHISTORY_BENCH_1M=1 adds 1M), or
+     .venv/bin/python -m benchmarks.bench_snapshot 10000 100000
+Results: bench-results/snapshot.json, which keeps the latest run of each size (with its time).
+Each size runs in its own process, so its peak RSS is its own.
+Times are CPU seconds of this one process (one core), so other load on the machine does not inflate them.
+
+Measured per size:
+- cold build from the stored raw batches (gunzip, decode, merge, build): seconds and events/s;
+- encode of the compacted snapshot, and load from it (decode): seconds, bytes;
+- resident bytes per task of the loaded snapshot (tracemalloc: every allocation the decode makes);
+- p50/p99 of /api/v0/tasks?detail=1&limit=100 with a job_id filter, and of limit=10000 (handler plus the
+  JSON encoding the runtime does), on the loaded snapshot, warm;
+- peak RSS of the process.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import msgspec
+
+from .common import RESULTS, ROOT, cpu_seconds, peak_rss_mb, write_results
+
+DEFAULT_SIZES = (10_000, 100_000)
+TARGETS = {"build_100k_s": 5.0, "load_100k_s": 1.0, "bytes_per_task": 1024, "p50_limit100_ms": 10.0}
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def measure(n_tasks: int) -> dict:
+    from rayhistory.server import api
+    from rayhistory.server.snapshot import SnapshotBuilder, decode_snapshot, encode_snapshot
+
+    from .synthetic import generate_session
+
+    ref, batches, n_events = generate_session(n_tasks)
+    stored_bytes = sum(len(b) for b in batches.values())
+    gc.collect()
+
+    c0 = cpu_seconds()
+    builder = SnapshotBuilder(ref, dead=True, end_ms=1_795_500_000_000)
+    for key, data in batches.items():
+        builder.add_event_batch(key, data)
+    snapshot = builder.build()
+    build_s = cpu_seconds() - c0
+    del builder, batches
+    gc.collect()
+
+    c0 = cpu_seconds()
+    blob = encode_snapshot(snapshot)
+    encode_s = cpu_seconds() - c0
+    del snapshot
+    gc.collect()
+
+    load_s = min(_timed(lambda: decode_snapshot(blob)) for _ in range(3))
+
+    gc.collect()
+    tracemalloc.start()
+    loaded = decode_snapshot(blob)
+    resident, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    jobs = sorted({loaded.strings[t.job] for t in loaded.tasks if loaded.strings[t.job]})
+    encode = msgspec.json.encode
+
+    def page(limit: int, job: str | None) -> None:
+        query = {"detail": "1", "limit": str(limit)}
+        if job:
+            query.update(filter_keys="job_id", filter_predicates="=", filter_values=job)
+        status, body = api.list_tasks(loaded, query)
+        assert status == 200 and body["data"]["result"]["result"]
+        encode(body)
+
+    page(100, jobs[0])  # warm
+    small = [_timed(lambda j=jobs[i % len(jobs)]: page(100, j)) * 1000 for i in range(200)]
+    big = [_timed(lambda: page(10_000, None)) * 1000 for _ in range(10 if n_tasks <= 100_000 else 3)]
+    p50_small, p99_small = _percentiles(small)
+    p50_big, p99_big = _percentiles(big)
+    return {
+        "tasks": n_tasks, "events": n_events, "stored_raw_bytes": stored_bytes,
+        "cold_build_s": round(build_s, 3), "cold_build_events_per_s": round(n_events / build_s),
+        "encode_s": round(encode_s, 3), "snapshot_bytes": len(blob),
+        "load_from_snapshot_s": round(load_s, 3),
+        "resident_bytes_per_task": round(resident / n_tasks),
+        "tasks_detail_limit100_job_filter_ms": {"p50": round(p50_small, 2), "p99": round(p99_small, 2)},
+        "tasks_detail_limit10000_ms": {"p50": round(p50_big, 1), "p99": round(p99_big, 1)},
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def _timed(fn) -> float:
+    c0 = cpu_seconds()
+    fn()
+    return cpu_seconds() - c0
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--child"]:
+        print(json.dumps(measure(int(argv[1]))))
+        return
+    sizes = [int(a) for a in argv] or list(DEFAULT_SIZES)
+    if not argv and os.environ.get("RAYHISTORY_BENCH_1M"):
+        sizes.append(1_000_000)
+    runs = {run["tasks"]: run for run in _previous_runs()}  # the latest run of each size is kept
+    for n in sizes:
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_snapshot", "--child", str(n)], cwd=ROOT,
+                             check=True, capture_output=True, text=True)
+        run = json.loads(out.stdout.strip().splitlines()[-1])
+        run["wall_s_including_generation"] = round(time.perf_counter() - started, 1)
+        run["taken_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        runs[n] = run
+        print(json.dumps(run), file=sys.stderr)
+    write_results("snapshot", {"targets_one_core": TARGETS, "runs": [runs[n] for n in sorted(runs)]})
+
+
+def _previous_runs() -> list[dict]:
+    try:
+        return json.loads((RESULTS / "snapshot.json").read_text())["results"]["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

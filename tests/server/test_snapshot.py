@@ -1,0 +1,276 @@
+"""SnapshotBuilder: order independence, idempotence, incremental merge, completeness, the compact format,
+dead sessions; and the API's handling of bad input. Data: the Ray 2.60 fixture session."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+
+import msgspec
+import pytest
+
+from rayhistory import layout
+from rayhistory.server import api
+from rayhistory.server.snapshot import (
+    FORMAT_VERSION, SnapshotBuilder, SnapshotFormatError, decode_snapshot, encode_snapshot,
+)
+from tests.conftest import HEAD_NODE_ID, received_bodies
+from tests.server.test_ground_truth import REF, build_fixture_snapshot, stored_batches
+
+ALIVE_ACTOR = "e8c9d4ea6f2c1968dcf59ee701000000"
+
+
+def _batch(events: list[dict]) -> bytes:
+    return gzip.compress(b"\n".join(json.dumps(e).encode() for e in events))
+
+
+def _content(snapshot) -> bytes:
+    """The snapshot without its manifest (which names the objects, not what they said)."""
+    return encode_snapshot(msgspec.structs.replace(snapshot, covered=[], objects_total=0))
+
+
+def _build(batches: dict[str, bytes], dead: bool = False, end_ms: int = 0):
+    builder = SnapshotBuilder(REF, dead=dead, end_ms=end_ms)
+    for key, data in batches.items():
+        builder.add_event_batch(key, data)
+    return builder.build()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _build(stored_batches())
+
+
+def test_fixture_counts(reference):
+    assert len(reference.tasks) == 77  # 71 listed by the dashboard + 6 driver tasks
+    assert [a.actor_id for a in reference.actors if a.name == "alive_actor"] == [ALIVE_ACTOR]
+    assert len(reference.nodes) == 1 and len(reference.workers) == 16 and len(reference.driver_jobs) == 2
+    assert reference.complete and reference.objects_total == 41 and reference.events_rejected == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_any_arrival_order_and_batching_gives_the_same_snapshot(reference, seed):
+    """Shuffle all 440 events, cut them into new batches, and repeat a third of them."""
+    rng = random.Random(seed)
+    events = [e for body in received_bodies() for e in body]
+    events += rng.sample(events, len(events) // 3)
+    rng.shuffle(events)
+    batches, seq = {}, 0
+    while events:
+        size = rng.randint(1, 60)
+        batches[layout.event_batch_key(REF, HEAD_NODE_ID, "shuffled", seq, at_ms=1000 + seq)] = _batch(events[:size])
+        events, seq = events[size:], seq + 1
+    assert _content(_build(batches)) == _content(reference)
+
+
+def test_readding_a_batch_or_a_reflush_changes_nothing(reference):
+    batches = stored_batches()
+    builder = SnapshotBuilder(REF, dead=False, end_ms=0)
+    for key, data in batches.items():
+        builder.add_event_batch(key, data)
+        builder.add_event_batch(key, data)  # the same object twice
+    # the same events again under other keys (a collector that flushed twice)
+    for i, data in enumerate(batches.values()):
+        builder.add_event_batch(layout.event_batch_key(REF, HEAD_NODE_ID, "again", i, at_ms=5000 + i), data)
+    assert _content(builder.build()) == _content(reference)
+
+
+def test_late_flush_merges_into_a_stored_snapshot(reference):
+    batches = list(stored_batches().items())
+    first = _build(dict(batches[::2]))
+    assert len(first.tasks) < len(reference.tasks) or _content(first) != _content(reference)
+    stored = decode_snapshot(encode_snapshot(first))
+    builder = SnapshotBuilder.from_snapshot(stored)
+    for key, data in batches[1::2]:
+        builder.add_event_batch(key, data)
+    merged = builder.build()
+    assert encode_snapshot(merged) == encode_snapshot(reference)
+    # and again: merging everything once more is a no-op
+    again = SnapshotBuilder.from_snapshot(decode_snapshot(encode_snapshot(merged)))
+    for key, data in batches:
+        again.add_event_batch(key, data)
+    assert encode_snapshot(again.build()) == encode_snapshot(reference)
+
+
+def test_corrupt_and_truncated_batches_make_an_incomplete_snapshot(reference):
+    batches = stored_batches()
+    keys = list(batches)
+    batches[keys[3]] = batches[keys[3]][: len(batches[keys[3]]) // 2]  # truncated gzip
+    batches[keys[5]] = b"not gzip at all"
+    batches[keys[7]] = gzip.compress(b'{"eventId": "x", "eventType": ')  # gzip of broken JSON
+    builder = SnapshotBuilder(REF, dead=False, end_ms=0)
+    for key, data in batches.items():
+        builder.add_event_batch(key, data)
+    builder.mark_missing("v1/sessions/x/events/gone.jsonl.gz", "NoSuchKey")
+    snap = builder.build()
+    assert not snap.complete
+    assert sorted(p.key for p in snap.objects_corrupt) == sorted([keys[3], keys[5], keys[7]])
+    assert all(p.reason for p in snap.objects_corrupt)
+    assert [(p.key, p.reason) for p in snap.objects_missing] == [("v1/sessions/x/events/gone.jsonl.gz", "NoSuchKey")]
+    assert snap.objects_total == len(batches) + 1
+    assert 0 < len(snap.tasks) <= len(reference.tasks)
+    # the snapshot still answers, and says it is incomplete in the encoded form too
+    assert api.list_tasks(snap, {})[0] == 200
+    assert decode_snapshot(encode_snapshot(snap)).objects_corrupt == snap.objects_corrupt
+
+
+def test_a_bad_event_is_rejected_alone():
+    body = received_bodies()[0]
+    lifecycle = next(i for i, e in enumerate(body) if e["eventType"] == "NODE_LIFECYCLE_EVENT")
+    bad_payload = json.loads(json.dumps(body[lifecycle]))
+    bad_payload["nodeLifecycleEvent"]["stateTransitions"][0]["timestamp"] = "not a time"
+    broken = [dict(body[0], eventId=17)] + body[1:lifecycle] + [bad_payload] + body[lifecycle + 1:]
+    snap = _build({layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1): _batch(broken)})
+    assert snap.events_rejected == 2 and snap.complete
+    assert len(snap.workers) == sum(e["eventType"] == "WORKER_DEFINITION_EVENT" for e in body)
+
+
+def test_format_version_and_magic():
+    snap = build_fixture_snapshot()
+    data = encode_snapshot(snap)
+    assert decode_snapshot(data) == snap
+    other = data[:6] + (FORMAT_VERSION + 1).to_bytes(2, "little") + data[8:]
+    with pytest.raises(SnapshotFormatError, match=f"v{FORMAT_VERSION + 1}"):
+        decode_snapshot(other)
+    with pytest.raises(SnapshotFormatError):
+        decode_snapshot(b"garbage")
+    with pytest.raises(SnapshotFormatError):
+        decode_snapshot(data[:-10])
+
+
+def test_dead_session_ends_what_was_still_alive():
+    """Ray sends nothing after `ray stop`: what was last ALIVE is shown DEAD at the session's end."""
+    end_ms = 1_795_441_900_000
+    snap = _build(stored_batches(), dead=True, end_ms=end_ms)
+    actor = next(a for a in api.list_actors(snap, {"detail": "1"})[1]["data"]["result"]["result"]
+                 if a["actor_id"] == ALIVE_ACTOR)
+    assert actor["state"] == "DEAD" and actor["death_cause"]["actor_died_error_context"]["error_message"]
+    logical = api.logical_actors(snap, {})[1]["data"]["actors"][ALIVE_ACTOR]
+    assert logical["endTime"] == end_ms
+    node = api.list_nodes(snap, {"detail": "1"})[1]["data"]["result"]["result"][0]
+    assert node["state"] == "DEAD" and node["end_time_ms"] == end_ms and node["state_message"]
+    workers = api.list_workers(snap, {"limit": "100"})[1]["data"]["result"]["result"]
+    assert workers and not any(w["is_alive"] for w in workers)
+    tasks = api.list_tasks(snap, {"limit": "1000", "exclude_driver": "false"})[1]["data"]["result"]["result"]
+    assert {t["state"] for t in tasks} <= {"FINISHED", "FAILED"}
+    running_drivers = [t for t in tasks if t["type"] == "DRIVER_TASK" and t["error_type"] == "WORKER_DIED"]
+    assert running_drivers  # the internal drivers were RUNNING when the session stopped
+    pgs = api.list_placement_groups(snap, {})[1]["data"]["result"]["result"]
+    assert pgs == []  # no endpoint answer was stored in this build
+    # the same session, live, still shows them alive; marking it dead later (a stored snapshot rebuilt
+    # after the operator's mark-dead) ends them the same way
+    live = _build(stored_batches())
+    assert any(a["state"] == "ALIVE" for a in api.list_actors(live, {})[1]["data"]["result"]["result"])
+    builder = SnapshotBuilder.from_snapshot(decode_snapshot(encode_snapshot(live)))
+    builder.dead, builder.end_ms = True, end_ms
+    assert encode_snapshot(builder.build()) == encode_snapshot(snap)
+
+
+def test_node_page_fields_the_ui_reads_unguarded():
+    """NodeDetail.tsx indexes cpus, loadAvg, networkSpeed, cmdline and workers without a guard."""
+    snap = build_fixture_snapshot()
+    detail = api.node_detail(snap, {}, HEAD_NODE_ID)[1]["data"]["detail"]
+    for key in ("cpus", "loadAvg", "networkSpeed", "cmdline", "workers"):
+        assert isinstance(detail[key], list), key
+    assert detail["raylet"]["nodeId"] == HEAD_NODE_ID and detail["raylet"]["state"] == "ALIVE"
+    with pytest.raises(api.ApiError) as failure:
+        api.node_detail(snap, {}, "00" * 28)
+    assert failure.value.status == 404
+
+
+# ---- the API on bad or large input ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query, message", [
+    ({"filter_keys": "colour", "filter_predicates": "=", "filter_values": "red"}, "not supported"),
+    ({"filter_keys": "state", "filter_predicates": "~", "filter_values": "RUNNING"}, "Unsupported filter predicate"),
+    ({"filter_keys": ["state", "job_id"], "filter_predicates": "=", "filter_values": "RUNNING"}, "same number"),
+    ({"filter_keys": "job_id", "filter_predicates": "=", "filter_values": "zz"}, "hex id"),
+    ({"limit": "many"}, "integer"),
+    ({"limit": "-1"}, "negative"),
+    ({"detail": "perhaps"}, "boolean"),
+])
+def test_bad_filters_are_400(query, message):
+    snap = build_fixture_snapshot()
+    with pytest.raises(api.ApiError) as failure:
+        api.list_tasks(snap, query)
+    assert failure.value.status == 400 and message in failure.value.message
+    assert failure.value.body() == {"result": False, "msg": failure.value.message, "data": {}}
+
+
+def test_summary_by_must_be_known():
+    with pytest.raises(api.ApiError) as failure:
+        api.summarize_tasks(build_fixture_snapshot(), {"summary_by": "colour"})
+    assert failure.value.status == 400
+
+
+def _tasks(snap, **query):
+    status, body = api.list_tasks(snap, query)
+    assert status == 200
+    return body["data"]["result"]
+
+
+def test_filters_not_equal_several_and_exclude_driver():
+    snap = build_fixture_snapshot()
+    everything = _tasks(snap, limit="1000")
+    assert everything["total"] == 71
+    not_finished = _tasks(snap, limit="1000", filter_keys="state", filter_predicates="!=", filter_values="finished")
+    assert {t["state"] for t in not_finished["result"]} == {"FAILED"}
+    both = _tasks(snap, limit="1000", filter_keys=["job_id", "type"], filter_predicates=["=", "="],
+                  filter_values=["01000000", "ACTOR_TASK"])
+    assert both["num_filtered"] == 11 and {t["type"] for t in both["result"]} == {"ACTOR_TASK"}
+    # total counts what the GCS-side filters (job_id here) let through; num_filtered applies them all
+    assert both["total"] == 66
+    with_drivers = _tasks(snap, limit="1000", exclude_driver="false")
+    assert with_drivers["total"] == 77
+    assert sum(t["type"] == "DRIVER_TASK" for t in with_drivers["result"]) == 6
+    by_pid = _tasks(snap, limit="1000", filter_keys="worker_pid", filter_predicates="=", filter_values="10627")
+    assert by_pid["num_filtered"] and all(t["worker_pid"] == 10627 for t in by_pid["result"])
+
+
+def test_no_ten_thousand_cap():
+    """Ray refuses limit > 10000; we honour it and report the total."""
+    snap = build_fixture_snapshot()
+    body = _tasks(snap, limit="50000")
+    assert body["total"] == len(body["result"]) == 71
+    page = _tasks(snap, limit="5")
+    assert len(page["result"]) == 5 and page["total"] == 71 and page["num_filtered"] == 71
+    assert [t["task_id"] for t in page["result"]] == sorted(t["task_id"] for t in body["result"])[:5]
+
+
+@pytest.mark.parametrize("query", [
+    {"node_id": HEAD_NODE_ID, "filename": "../../../etc/passwd"},
+    {"node_id": HEAD_NODE_ID, "filename": "/etc/passwd"},
+    {"node_id": HEAD_NODE_ID, "filename": "events/../raylet.out"},
+    {"node_id": HEAD_NODE_ID, "filename": "%2e%2e/raylet.out"},
+])
+def test_log_paths_outside_the_index_are_not_found(query):
+    with pytest.raises(api.ApiError) as failure:
+        api.resolve_log_file(build_fixture_snapshot(), query)
+    assert failure.value.status == 404
+
+
+def test_log_resolution_by_pid_and_bad_queries():
+    snap = build_fixture_snapshot()
+    resolved = api.resolve_log_file(snap, {"node_id": HEAD_NODE_ID, "pid": "10229", "suffix": "err"})
+    assert resolved.filename.endswith("-10229.err")
+    for query, status in [({"node_id": HEAD_NODE_ID, "pid": "x"}, 400), ({"suffix": "log", "pid": "1"}, 400),
+                          ({"node_ip": "10.0.0.1", "filename": "raylet.out"}, 404), ({}, 400)]:
+        with pytest.raises(api.ApiError) as failure:
+            api.resolve_log_file(snap, query)
+        assert failure.value.status == status, query
+
+
+def test_routes_are_unique_and_cover_the_ui_paths():
+    paths = [p for _, p, _ in api.ROUTES]
+    assert len(paths) == len(set(paths))
+    for ui_path in ("/logical/actors", "/logical/actors/{actor_id}", "/nodes", "/nodes/{node_id}", "/api/jobs/",
+                    "/api/jobs/{job_id}", "/api/v0/tasks/summarize", "/api/v0/tasks", "/api/v0/tasks/timeline",
+                    "/api/v0/placement_groups", "/api/v0/logs", "/events", "/api/cluster_status",
+                    "/api/serve/applications/", "/api/data/datasets/{job_id}", "/api/v0/platform_events",
+                    "/usage_stats_enabled", "/api/v0/cluster_metadata", "/api/v0/runtime_env_redaction",
+                    "/api/profiling_enabled", "/api/authentication_mode", "/api/grafana_health",
+                    "/api/prometheus_health", "/timezone", "/api/v0/actors", "/api/v0/nodes", "/api/v0/jobs",
+                    "/api/version"):
+        assert ui_path in paths, ui_path
