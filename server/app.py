@@ -1,0 +1,126 @@
+"""The server's two aiohttp applications and the state they share.
+
+`create_app(settings)` returns (public, internal): the public app serves the dashboard API, the session
+list and the UI (the port the Ingress exposes); the internal app serves the pre-warm endpoint, metrics and
+health (a port the Ingress never routes to). Both share one ServerState: one store, one session index,
+one LRU, one loader. The state's background work (the index refresher, running loads) belongs to the
+apps' lifetime through aiohttp's cleanup_ctx: it starts with the first app and stops with the last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import asyncio
+from aiohttp import web
+
+from rayhistory import layout
+from rayhistory.index import SessionIndex
+from rayhistory.layout import SessionRef
+from rayhistory.store import Store
+
+from . import live_proxy, routes, ui
+from .cache import SnapshotCache
+from .loader import SessionLoader
+from .metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from .main import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    store: Store
+    index: SessionIndex
+    directory: routes.SessionDirectory
+    cache: SnapshotCache
+    loader: SessionLoader
+    metrics: ServerMetrics
+    writer: str
+    _users: int = 0
+    _background: list[asyncio.Task] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, settings: Settings, store: Store | None = None) -> ServerState:
+        store = store or Store(settings.storage, settings.storage_options)
+        writer = layout.new_writer_id()
+        metrics = ServerMetrics()
+        index = SessionIndex(store, writer)
+        cache = SnapshotCache(settings.cache_max_sessions, settings.cache_max_bytes, metrics)
+        loader = SessionLoader(store, index, cache, metrics, writer, settings.load_timeout,
+                               settings.index_refresh_interval, settings.max_concurrent_loads)
+        directory = routes.SessionDirectory(index, settings.index_refresh_interval)
+        return cls(settings, store, index, directory, cache, loader, metrics, writer)
+
+    async def lifetime(self, app: web.Application):
+        """cleanup_ctx of both apps: background work runs while at least one of them runs."""
+        self._users += 1
+        if self._users == 1:
+            self._background.append(asyncio.create_task(self.directory.run(), name="index refresher"))
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                for task in self._background:
+                    task.cancel()
+                await asyncio.gather(*self._background, return_exceptions=True)
+                self._background.clear()
+                await self.loader.close()
+
+    async def load_state(self, request: web.Request, ref: SessionRef) -> ui.LoadState:
+        """For the UI: is the session in memory (ready), and does it exist at all."""
+        if self.cache.peek(ref) is not None:
+            return ui.LoadState(ready=True)
+        key = (ref.namespace, ref.cluster, ref.session)
+        if self.loader.job(ref) is not None or any((s.namespace, s.cluster, s.session) == key
+                                                   for s in self.directory.sessions):
+            return ui.LoadState(ready=False)
+        return ui.LoadState(ready=False, exists=await self.index.session(ref) is not None)
+
+
+def _request_metrics(metrics: ServerMetrics):
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        started = time.perf_counter()
+        resource = request.match_info.route.resource
+        # the route's pattern, never the raw path: bounded label cardinality
+        route = resource.canonical if resource is not None else "unmatched"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.requests.labels(route=route, status=str(status)).inc()
+            metrics.request_seconds.labels(route=route).observe(time.perf_counter() - started)
+
+    return middleware
+
+
+def create_app(settings: Settings, store: Store | None = None) -> tuple[web.Application, web.Application]:
+    state = ServerState.create(settings, store)
+    public = web.Application(middlewares=[_request_metrics(state.metrics)])
+    internal = web.Application()
+    public[STATE_KEY] = state
+    internal[STATE_KEY] = state
+    routes.add_public_routes(public, state)
+    ui.setup_ui(public, settings.dashboard_dir or None, state.load_state, routes.STATUS_PATH)
+    # live sessions go to their cluster's own dashboard when Kubernetes says where it is (live_proxy.py)
+    live_proxy.setup_live_proxy(public, state.directory.current, store=state.store)
+    routes.add_internal_routes(internal, state)
+    public.cleanup_ctx.append(state.lifetime)
+    internal.cleanup_ctx.append(state.lifetime)
+    return public, internal
+
+
+STATE_KEY = web.AppKey("rayhistory_state", ServerState)

@@ -1,0 +1,152 @@
+"""The per-replica LRU of parsed session snapshots, bounded by session count and by measured bytes.
+
+The cache only holds references: a request that already has a snapshot keeps it alive (Python keeps an
+object alive while anyone refers to it), so an eviction never breaks a request in flight; the next
+request for an evicted session simply loads it again (the loader goes through the compacted snapshot).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cachetools
+
+from rayhistory.layout import SessionRef
+
+from .metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+# Walking every object of a 1M-task snapshot would cost seconds; large containers are measured on a
+# sample of their items and extrapolated.
+_SAMPLE = 64
+
+
+def measure_bytes(obj: Any) -> int:
+    """Resident bytes of an object graph (sys.getsizeof, recursively; large containers sampled).
+
+    Shared immutable singletons (small ints, interned short strings, None, booleans) count once per
+    reference, which over-counts slightly: the bound errs on the safe side.
+    """
+    return _measure(obj, set())
+
+
+def _measure(obj: Any, seen: set[int]) -> int:
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, (str, bytes, bytearray, int, float, bool, type(None))):
+        return size
+    if isinstance(obj, dict):
+        return size + _measure_items(list(obj.items()), seen, pair=True)
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return size + _measure_items(list(obj), seen)
+    fields = getattr(type(obj), "__struct_fields__", None)  # msgspec.Struct
+    if fields is None:
+        fields = [n for n in getattr(obj, "__dict__", {})] + list(getattr(type(obj), "__slots__", ()))
+        if hasattr(obj, "__dict__"):
+            size += sys.getsizeof(obj.__dict__)
+    return size + sum(_measure(getattr(obj, name, None), seen) for name in fields)
+
+
+def _measure_items(items: list, seen: set[int], pair: bool = False) -> int:
+    def one(item: Any) -> int:
+        return _measure(item[0], seen) + _measure(item[1], seen) if pair else _measure(item, seen)
+
+    if len(items) <= _SAMPLE:
+        return sum(one(i) for i in items)
+    step = len(items) / _SAMPLE
+    sampled = sum(one(items[int(i * step)]) for i in range(_SAMPLE))
+    return int(sampled * len(items) / _SAMPLE)
+
+
+@dataclass
+class CacheEntry:
+    """A loaded session: its snapshot and what the loader knows about where it came from."""
+
+    snapshot: Any
+    live: bool
+    manifest: dict[str, int]  # raw object key -> size, every object the snapshot covers
+    nbytes: int
+    loaded_at: float = field(default_factory=time.monotonic)
+    snapshot_key: str = ""  # the compacted snapshot it was read from or written to, if any
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(self.manifest.values())
+
+
+class _ByteBoundedLRU(cachetools.LRUCache):
+    def __init__(self, max_bytes: int, on_evict) -> None:
+        super().__init__(maxsize=max_bytes, getsizeof=lambda entry: entry.nbytes)
+        self._on_evict = on_evict
+
+    def popitem(self):
+        key, entry = super().popitem()
+        self._on_evict(key, entry)
+        return key, entry
+
+
+class SnapshotCache:
+    def __init__(self, max_sessions: int, max_bytes: int, metrics: ServerMetrics):
+        self.max_sessions = max_sessions
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+        self._lru = _ByteBoundedLRU(max_bytes, self._evicted)
+
+    def _evicted(self, ref: SessionRef, entry: CacheEntry) -> None:
+        self.metrics.cache_evictions.inc()
+        log.info("snapshot evicted", extra={"session": ref.tail, "bytes": entry.nbytes})
+
+    def get(self, ref: SessionRef) -> CacheEntry | None:
+        entry = self._lru.get(ref)
+        (self.metrics.cache_hits if entry is not None else self.metrics.cache_misses).inc()
+        return entry
+
+    def peek(self, ref: SessionRef) -> CacheEntry | None:
+        """The entry without touching its recency or the hit counters (status pages, listings)."""
+        try:
+            return cachetools.Cache.__getitem__(self._lru, ref)  # the base class does not reorder
+        except KeyError:
+            return None
+
+    def refs(self) -> list[SessionRef]:
+        return list(self._lru.keys())
+
+    def put(self, ref: SessionRef, entry: CacheEntry) -> bool:
+        """Cache an entry; False if it alone is larger than the byte bound (it is then served uncached)."""
+        self._lru.pop(ref, None)
+        try:
+            self._lru[ref] = entry
+        except ValueError:
+            log.warning("snapshot larger than the cache", extra={"session": ref.tail, "bytes": entry.nbytes,
+                                                                   "max_bytes": self.max_bytes})
+            self._update_gauges()
+            return False
+        while len(self._lru) > self.max_sessions:
+            self._lru.popitem()
+        self._update_gauges()
+        return True
+
+    def discard(self, ref: SessionRef) -> None:
+        self._lru.pop(ref, None)
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.metrics.cache_bytes.set(self._lru.currsize)
+        self.metrics.cache_sessions.set(len(self._lru))
+
+    @property
+    def currsize(self) -> int:
+        return self._lru.currsize
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def __contains__(self, ref: SessionRef) -> bool:
+        return ref in self._lru

@@ -1,0 +1,195 @@
+"""The session loader: lazy, one load per session per replica at a time, owned by the server.
+
+A request that needs a session not in the LRU starts a load, or joins the one already running
+(singleflight). The load is a task in the loader's registry, never the request's: a request waits on it
+through `asyncio.shield`, so a client that disconnects (or a request that times out) cancels only its
+own wait. The server's lifetime owns the registry (`close()` cancels what is left at shutdown).
+
+A request waits at most `load_timeout` seconds; past that it gets `LoadTimeout` (the load keeps going
+and the next request finds it further along or done). Progress is readable at any time (`progress()`).
+
+Dead sessions are loaded once and stay cached until evicted. A live session is refreshed in the
+background when its entry is older than `live_refresh_s`; requests meanwhile get the entry they have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from rayhistory.index import SessionIndex
+from rayhistory.layout import SessionRef
+from rayhistory.store import Store
+
+from .cache import CacheEntry, SnapshotCache, measure_bytes
+from .metrics import ServerMetrics
+from .snapshot_store import LoadProgress, build_session, list_session
+
+log = logging.getLogger(__name__)
+
+
+class SessionNotFound(LookupError):
+    def __init__(self, ref: SessionRef):
+        super().__init__(f"session {ref.tail} not found: no index record and nothing stored under it")
+        self.ref = ref
+
+
+class LoadTimeout(TimeoutError):
+    def __init__(self, ref: SessionRef, progress: LoadProgress, timeout: float):
+        super().__init__(f"session {ref.tail} is still loading after {timeout:g} s; it keeps loading, retry")
+        self.ref = ref
+        self.progress = progress
+
+
+@dataclass
+class LoadJob:
+    ref: SessionRef
+    progress: LoadProgress
+    task: asyncio.Task
+
+
+class SessionLoader:
+    def __init__(
+        self, store: Store, index: SessionIndex, cache: SnapshotCache, metrics: ServerMetrics, writer: str,
+        load_timeout: float, live_refresh_s: float, max_concurrent_loads: int = 2,
+    ):
+        self.store = store
+        self.index = index
+        self.cache = cache
+        self.metrics = metrics
+        self.writer = writer
+        self.load_timeout = load_timeout
+        self.live_refresh_s = live_refresh_s
+        self._jobs: dict[SessionRef, LoadJob] = {}
+        self._last: dict[SessionRef, LoadProgress] = {}  # the last finished load's progress, for status
+        self._closed = False
+        # a load's peak memory is several times its snapshot's: bound how many run at once
+        self._slots = asyncio.Semaphore(max_concurrent_loads)
+
+    # ---- what requests call --------------------------------------------------------------------
+
+    async def get(self, ref: SessionRef) -> CacheEntry:
+        """The session's snapshot: from the LRU, else from a load (started or joined)."""
+        entry = self.cache.get(ref)
+        if entry is not None:
+            if entry.live and time.monotonic() - entry.loaded_at > self.live_refresh_s and ref not in self._jobs:
+                self._start(ref, base=entry)  # served stale meanwhile: a live session keeps moving anyway
+            return entry
+        job = self._jobs.get(ref) or self._start(ref)
+        return await self.wait(job)
+
+    async def refresh(self, ref: SessionRef) -> CacheEntry:
+        """Bring a session up to date with storage now (the pre-warm): reads only what is new."""
+        running = self._jobs.get(ref)
+        if running is not None:
+            await self.wait(running)
+        job = self._jobs.get(ref) or self._start(ref, base=self.cache.peek(ref))
+        return await self.wait(job)
+
+    async def wait(self, job: LoadJob) -> CacheEntry:
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.task), self.load_timeout)
+        except TimeoutError:
+            raise LoadTimeout(job.ref, job.progress, self.load_timeout) from None
+
+    def job(self, ref: SessionRef) -> LoadJob | None:
+        return self._jobs.get(ref)
+
+    def progress(self, ref: SessionRef) -> LoadProgress | None:
+        job = self._jobs.get(ref)
+        return job.progress if job is not None else self._last.get(ref)
+
+    def loading(self) -> list[SessionRef]:
+        return list(self._jobs)
+
+    def state(self, ref: SessionRef) -> str:
+        """loading, loaded (in this replica's LRU) or not_loaded."""
+        if ref in self._jobs:
+            return "loading"
+        return "loaded" if ref in self.cache else "not_loaded"
+
+    # ---- the loads ------------------------------------------------------------------------------
+
+    def _start(self, ref: SessionRef, base: CacheEntry | None = None) -> LoadJob:
+        if self._closed:
+            raise RuntimeError("the server is shutting down")
+        progress = LoadProgress()
+        task = asyncio.get_running_loop().create_task(self._load(ref, progress, base), name=f"load {ref.tail}")
+        job = self._jobs[ref] = LoadJob(ref, progress, task)
+        task.add_done_callback(lambda t: self._done(job, t))
+        return job
+
+    def _done(self, job: LoadJob, task: asyncio.Task) -> None:
+        if self._jobs.get(job.ref) is job:
+            del self._jobs[job.ref]
+        self._last[job.ref] = job.progress
+        if len(self._last) > 4 * max(1, self.cache.max_sessions):
+            self._last.pop(next(iter(self._last)))
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a load nobody waits for any more logs no asyncio warning
+
+    async def _load(self, ref: SessionRef, progress: LoadProgress, base: CacheEntry | None) -> CacheEntry:
+        started = time.monotonic()
+        try:
+            async with self._slots:
+                return await self._load_now(ref, progress, base, started)
+        except SessionNotFound:
+            progress.phase, progress.error, progress.finished_at = "failed", "not found", time.time()
+            self.metrics.loads.labels(source="none", result="not_found").inc()
+            raise
+        except asyncio.CancelledError:
+            progress.phase, progress.error, progress.finished_at = "failed", "cancelled", time.time()
+            raise
+        except Exception as exc:
+            progress.phase, progress.error, progress.finished_at = "failed", f"{type(exc).__name__}: {exc}", time.time()
+            self.metrics.loads.labels(source=progress.source or "raw", result="error").inc()
+            log.exception("session load failed", extra={"session": ref.tail})
+            raise
+
+    async def _load_now(self, ref: SessionRef, progress: LoadProgress, base: CacheEntry | None,
+                        started: float) -> CacheEntry:
+        progress.phase = "resolving"  # "queued" until a load slot is free
+        info = await self.index.session(ref)
+        objects = await list_session(self.store, ref)
+        if info is None and objects.empty:
+            raise SessionNotFound(ref)
+        dead = info is not None and info.state == "dead"
+        result = await build_session(
+            self.store, ref, dead, info.end_ms if dead else 0, self.writer, progress,
+            base=(base.snapshot, base.manifest, base.snapshot_key) if base is not None else None,
+            objects=objects,
+        )
+        source = result.source
+        nbytes = await asyncio.to_thread(measure_bytes, result.snapshot)
+        entry = CacheEntry(result.snapshot, live=not dead, manifest=result.manifest, nbytes=nbytes,
+                           snapshot_key=result.snapshot_key)
+        self.cache.put(ref, entry)
+        snapshot = result.snapshot
+        if not snapshot.complete:
+            log.warning("session snapshot incomplete", extra={
+                "session": ref.tail, "objects_missing": len(snapshot.objects_missing),
+                "objects_corrupt": len(snapshot.objects_corrupt),
+                "examples": [f"{p.key}: {p.reason}" for p in (snapshot.objects_missing + snapshot.objects_corrupt)[:5]],
+            })
+        seconds = time.monotonic() - started
+        self.metrics.loads.labels(source=source, result="ok").inc()
+        self.metrics.load_seconds.labels(source=source).observe(seconds)
+        self.metrics.events_parsed.inc(progress.events)
+        if result.wrote:
+            self.metrics.snapshots_written.inc()
+        log.info("session loaded", extra={
+            "session": ref.tail, "source": source, "seconds": round(seconds, 3), "tasks": len(result.snapshot.tasks),
+            "events_parsed": progress.events, "objects_read": progress.objects_done, "bytes": nbytes,
+            "complete": result.snapshot.complete, "snapshot_written": result.wrote,
+        })
+        return entry
+
+    async def close(self) -> None:
+        """Cancel the loads still running (server shutdown) and wait for them to end."""
+        self._closed = True
+        tasks = [job.task for job in self._jobs.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

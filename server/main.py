@@ -1,0 +1,68 @@
+"""rayhistory server: the Ray Dashboard, its API and logs, for every session in the history store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+from pydantic import Field, SecretStr
+
+from rayhistory.config import CommonSettings
+from rayhistory.store import redact_url
+
+log = logging.getLogger(__name__)
+
+
+class Settings(CommonSettings):
+    host: str = Field("0.0.0.0", description="address both ports listen on")
+    port: int = Field(8080, description="public port: dashboard UI, API, /clusters (what the Ingress exposes)")
+    internal_port: int = Field(
+        8081, description="internal port: /internal/prewarm, /metrics, /healthz (never exposed by the Ingress)",
+    )
+    prewarm_token: SecretStr = Field(
+        SecretStr(""), description="bearer token /internal/prewarm requires (empty: the separate port is the only guard)",
+    )
+    cache_max_sessions: int = Field(50, ge=1, description="parsed sessions kept in memory per replica")
+    cache_max_bytes: int = Field(4 << 30, ge=1 << 20, description="measured bytes of parsed sessions kept per replica")
+    load_timeout: float = Field(
+        120.0, gt=0, description="seconds a request waits for a session load (the load itself keeps going)",
+    )
+    max_concurrent_loads: int = Field(
+        2, ge=1, description="session loads one replica runs at once (a load's peak memory is several snapshots')",
+    )
+    index_refresh_interval: float = Field(
+        15.0, gt=0, description="seconds between reads of the session index; also how often live sessions refresh",
+    )
+    dashboard_dir: str = Field("", description="Ray dashboard build to serve (default: the one in the ray package)")
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    from .app import create_app
+
+    public, internal = create_app(settings)
+    runners = [web.AppRunner(public, access_log=None), web.AppRunner(internal, access_log=None)]
+    try:
+        for runner, port in zip(runners, (settings.port, settings.internal_port)):
+            await runner.setup()
+            await web.TCPSite(runner, settings.host, port).start()
+        log.info("server started", extra={"port": settings.port, "internal_port": settings.internal_port,
+                                          "storage": redact_url(settings.storage)})
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        log.info("server stopped")
+
+
+def main(settings: Settings) -> int:
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(run())
+    return 0

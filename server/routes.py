@@ -1,0 +1,436 @@
+"""HTTP routes: the Ray Dashboard API under each session's prefix, the session list, the internal port.
+
+Public port:
+- `/s/{namespace}/{cluster}/{session}/{path}` for every `api.ROUTES` entry (pure handlers over the
+  snapshot), plus `api/v0/logs/{media_type}` (bytes from storage, logs.py) and `rayhistory/status`
+  (load progress and completeness; it never waits for a load). The dashboard UI requests relative
+  paths, so its API calls land here.
+- `GET /clusters`: sessions from the index, filtered and paged with an opaque cursor (no cap).
+- `GET /enter_cluster/{namespace}/{name}/{session}`: a redirect to the session's URL (`latest` works).
+Every session response says how complete the snapshot is: `X-Rayhistory-Complete: true|false`, with
+`X-Rayhistory-Objects-Missing` / `-Corrupt` counts and `X-Rayhistory-Session-State: live|dead`; the same
+figures are fields of `rayhistory/status`.
+
+Internal port (never behind the Ingress): `POST /internal/prewarm`, `GET /metrics`, `GET /healthz`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import binascii
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import web
+
+from rayhistory import layout
+from rayhistory.events import ts_ms
+from rayhistory.index import SessionIndex, SessionInfo, merge_records
+from rayhistory.layout import SessionRef
+
+from . import api, logs
+from .cache import CacheEntry
+from .loader import LoadTimeout, SessionNotFound
+from .ui import SESSION_PREFIX, session_base, session_ref
+
+if TYPE_CHECKING:
+    from .app import ServerState
+
+log = logging.getLogger(__name__)
+
+STATUS_PATH = "rayhistory/status"
+STATUS_GRACE_S = 0.25  # how long the status page waits for a load it starts (it never waits for more)
+COMPLETE_HEADER = "X-Rayhistory-Complete"
+MISSING_HEADER = "X-Rayhistory-Objects-Missing"
+CORRUPT_HEADER = "X-Rayhistory-Objects-Corrupt"
+STATE_HEADER = "X-Rayhistory-Session-State"
+
+_json = msgspec.json.Encoder()
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=_json.encode(body), status=status, content_type="application/json", headers=headers)
+
+
+def completeness(entry: CacheEntry) -> dict[str, Any]:
+    snapshot = entry.snapshot
+    return {
+        "state": "live" if entry.live else "dead",
+        # a live session is still being written: what storage holds is never the whole story yet
+        "complete": bool(snapshot.complete) and not entry.live,
+        "objects_total": snapshot.objects_total,
+        "objects_missing": len(snapshot.objects_missing),
+        "objects_corrupt": len(snapshot.objects_corrupt),
+        "events_rejected": snapshot.events_rejected,
+    }
+
+
+def completeness_headers(entry: CacheEntry) -> dict[str, str]:
+    c = completeness(entry)
+    return {
+        COMPLETE_HEADER: "true" if c["complete"] else "false",
+        MISSING_HEADER: str(c["objects_missing"]),
+        CORRUPT_HEADER: str(c["objects_corrupt"]),
+        STATE_HEADER: c["state"],
+    }
+
+
+# ---- the session list ----------------------------------------------------------------------------
+
+
+class SessionDirectory:
+    """Every session of the index, refreshed in the background (reads only new index records)."""
+
+    def __init__(self, index: SessionIndex, refresh_s: float):
+        self.index = index
+        self.refresh_s = refresh_s
+        self.sessions: list[SessionInfo] = []
+        self.refreshed_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> list[SessionInfo]:
+        async with self._lock:
+            records = await self.index.refresh()  # reads only records it has not seen
+            # folding 10,000s of records takes a while: off the event loop
+            sessions = await asyncio.to_thread(lambda: sorted(merge_records(records), key=_sort_key))
+            self.sessions = sessions
+            self.refreshed_at = time.monotonic()
+            return sessions
+
+    async def current(self) -> list[SessionInfo]:
+        """The list as of the last refresh; refreshed here only before the first background refresh, or
+        when the background refresher has fallen well behind."""
+        if not self.refreshed_at or time.monotonic() - self.refreshed_at > 2 * self.refresh_s + 5:
+            return await self.refresh()
+        return self.sessions
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - storage hiccup: keep the last list, try again later
+                log.exception("session index refresh failed")
+            await asyncio.sleep(self.refresh_s)
+
+
+def _sort_key(s: SessionInfo) -> tuple:
+    # newest first, then by name: the same order SessionIndex.sessions() returns
+    return (-s.start_ms, s.namespace, s.cluster, s.session)
+
+
+def encode_cursor(s: SessionInfo) -> str:
+    raw = json.dumps([s.start_ms, s.namespace, s.cluster, s.session], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple:
+    try:
+        start_ms, namespace, cluster, session = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return (-int(start_ms), str(namespace), str(cluster), str(session))
+    except (ValueError, TypeError, binascii.Error):
+        raise web.HTTPBadRequest(text=f"invalid cursor {cursor[:80]!r}: pass back next_cursor as it came") from None
+
+
+def parse_time_ms(name: str, value: str) -> int:
+    """Unix milliseconds, or an RFC3339 time."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return ts_ms(value)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be unix milliseconds or an RFC3339 time, got {value!r}") from None
+
+
+def filter_sessions(sessions: list[SessionInfo], query) -> tuple[list[SessionInfo], str | None, int]:
+    """(one page, next cursor, how many match) for /clusters' query parameters (pure).
+
+    `sessions` must be sorted by _sort_key (SessionDirectory keeps them so): no sort per request.
+    """
+    known = {"namespace", "name", "cluster", "state", "started_after", "started_before", "limit", "cursor"}
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise web.HTTPBadRequest(text=f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    namespace = query.get("namespace")
+    name = query.get("name") or query.get("cluster")
+    state = query.get("state")
+    if state not in (None, "", "live", "dead"):
+        raise web.HTTPBadRequest(text=f"state must be live or dead, got {state!r}")
+    after = parse_time_ms("started_after", query["started_after"]) if query.get("started_after") else None
+    before = parse_time_ms("started_before", query["started_before"]) if query.get("started_before") else None
+    limit = None
+    if query.get("limit"):
+        try:
+            limit = int(query["limit"])
+        except ValueError:
+            limit = 0
+        if limit < 1:
+            raise web.HTTPBadRequest(text=f"limit must be a positive integer, got {query['limit']!r}")
+    if namespace or name or state or after is not None or before is not None:
+        matching = [
+            s for s in sessions
+            if (not namespace or s.namespace == namespace) and (not name or s.cluster == name)
+            and (not state or s.state == state) and (after is None or s.start_ms >= after)
+            and (before is None or s.start_ms < before)
+        ]
+    else:
+        matching = sessions
+    start = bisect.bisect_right(matching, decode_cursor(query["cursor"]), key=_sort_key) if query.get("cursor") else 0
+    page = matching[start:start + limit] if limit else matching[start:]
+    more = limit is not None and start + limit < len(matching)
+    return page, (encode_cursor(page[-1]) if more and page else None), len(matching)
+
+
+# ---- handlers ------------------------------------------------------------------------------------
+
+
+class Routes:
+    def __init__(self, state: ServerState):
+        self.state = state
+
+    # -- sessions --
+
+    async def entry(self, ref: SessionRef) -> CacheEntry:
+        """The loaded session, or the HTTP error that says why not (404 unknown, 504 still loading)."""
+        try:
+            return await self.state.loader.get(ref)
+        except SessionNotFound as exc:
+            raise web.HTTPNotFound(text=str(exc)) from None
+        except LoadTimeout as exc:
+            raise web.HTTPGatewayTimeout(
+                text=json.dumps({"result": False, "msg": str(exc), "progress": exc.progress.as_dict()}),
+                content_type="application/json",
+            ) from None
+
+    def api_handler(self, pattern: str, handler: Callable) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        extra_headers = EXTRA_HEADERS.get(pattern)
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            ref = session_ref(request)
+            entry = await self.entry(ref)
+            params = {k: v for k, v in request.match_info.items() if k not in ("namespace", "cluster", "session")}
+            query = request.query.copy()
+            query.extend(params)
+            try:
+                # in a worker thread: a 10,000-row answer takes a while, and the event loop keeps
+                # serving other requests meanwhile (snapshots are immutable, handlers pure)
+                status, body = await asyncio.to_thread(handler, entry.snapshot, query)
+                headers = completeness_headers(entry)
+                if extra_headers is not None:
+                    headers.update(extra_headers(query))
+                response = await asyncio.to_thread(body_response, status, body, headers)
+            except api.ApiError as exc:
+                return json_response(exc.body(), status=exc.status, headers=completeness_headers(entry))
+            return response
+
+        return handle
+
+    async def log_file(self, request: web.Request) -> web.StreamResponse:
+        ref = session_ref(request)
+        if request.match_info["media_type"] not in ("file", "stream"):  # a dead session's stream is its file
+            raise web.HTTPNotFound(text="only api/v0/logs/file and api/v0/logs/stream exist")
+        q = request.query
+        try:
+            lines = logs.parse_lines(q.get("lines"))
+            filter_ansi = logs.parse_bool(q.get("filter_ansi_code"))
+            download = logs.check_download_filename(q.get("download_filename"))
+            if q.get("filename") is not None:
+                logs.check_filename(q["filename"])
+            entry = await self.entry(ref)
+            try:
+                target = api.resolve_log_file(entry.snapshot, q)
+            except api.ApiError as exc:  # Ray answers log errors as text, not JSON
+                raise logs.LogRequestError(exc.status, exc.message) from None
+            logs.check_filename(target.filename)
+            data = await logs.log_file_bytes(
+                self.state.store, ref, target.node_id, target.filename, target.start, target.end, lines, filter_ansi,
+            )
+        except logs.LogRequestError as exc:
+            return web.Response(text=exc.message, status=exc.status, content_type="text/plain")
+        headers = completeness_headers(entry)
+        headers["Content-Disposition"] = f'attachment; filename="{download}"'
+        return web.Response(body=data, content_type="text/plain", charset="utf-8", headers=headers)
+
+    async def job_logs(self, request: web.Request) -> web.Response:
+        """/api/jobs/{job_id}/logs: the whole driver log of a submission job, as {"logs": text}."""
+        ref = session_ref(request)
+        entry = await self.entry(ref)
+        headers = completeness_headers(entry)
+        status, body = api.job_logs(entry.snapshot, request.query, request.match_info["job_id"])
+        if status != 200:
+            return body_response(status, body, headers)
+        try:
+            data = await logs.log_file_bytes(self.state.store, ref, body["node_id"], body["filename"], None, None,
+                                             lines=-1, filter_ansi=False)
+        except logs.LogRequestError as exc:
+            return web.Response(text=exc.message, status=exc.status, headers=headers)
+        return json_response({"logs": data.decode("utf-8", "replace")}, headers=headers)
+
+    async def status(self, request: web.Request) -> web.Response:
+        """Load state, progress and completeness; starts a load if none ran yet, never waits for it."""
+        ref = session_ref(request)
+        loader = self.state.loader
+        entry = self.state.cache.peek(ref)
+        body: dict[str, Any] = {"namespace": ref.namespace, "cluster": ref.cluster, "session": ref.session}
+        if entry is None and loader.job(ref) is None:
+            # start the load, and give it a moment: an unknown session fails fast and gets its 404 here
+            task = asyncio.ensure_future(loader.get(ref))
+            await asyncio.wait([task], timeout=STATUS_GRACE_S)
+            if task.done() and not task.cancelled() and isinstance(task.exception(), SessionNotFound):
+                raise web.HTTPNotFound(text=str(task.exception()))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            entry = self.state.cache.peek(ref)
+        progress = loader.progress(ref)
+        body["load_state"] = loader.state(ref)
+        body["ready"] = entry is not None
+        body["error"] = progress.error if progress is not None and progress.phase == "failed" else ""
+        body["progress"] = progress.as_dict() if progress is not None else None
+        if entry is not None:
+            body.update(completeness(entry))
+            body["tasks"] = len(entry.snapshot.tasks)
+            body["snapshot_key"] = entry.snapshot_key
+            body["resident_bytes"] = entry.nbytes
+            body["stored_bytes"] = entry.stored_bytes
+            body["objects_missing_keys"] = [[p.key, p.reason] for p in entry.snapshot.objects_missing[:100]]
+            body["objects_corrupt_keys"] = [[p.key, p.reason] for p in entry.snapshot.objects_corrupt[:100]]
+            return json_response(body, headers=completeness_headers(entry))
+        return json_response(body)
+
+    # -- the session list --
+
+    async def clusters(self, request: web.Request) -> web.Response:
+        sessions = await self.state.directory.current()
+        page, cursor, total = filter_sessions(sessions, request.query)
+        # one pass over this replica's sessions, not one SessionRef per row: a page can hold 10,000s
+        cached = {(r.namespace, r.cluster, r.session): self.state.cache.peek(r) for r in self.state.cache.refs()}
+        loading = {(r.namespace, r.cluster, r.session) for r in self.state.loader.loading()}
+        out = []
+        for s in page:
+            key = (s.namespace, s.cluster, s.session)
+            entry = cached.get(key)
+            out.append({
+                "namespace": s.namespace, "cluster": s.cluster, "owner_kind": s.owner_kind, "owner_name": s.owner_name,
+                "session": s.session, "start_ms": s.start_ms, "end_ms": s.end_ms, "state": s.state,
+                "nodes": len(s.node_ids), "size_bytes": entry.stored_bytes if entry is not None else None,
+                "load_state": "loading" if key in loading else "loaded" if entry is not None else "not_loaded",
+                "url": session_base(s),
+            })
+        return json_response({"sessions": out, "next_cursor": cursor, "total": total})
+
+    async def enter_cluster(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        namespace, name, session = info["cluster_namespace"], info["cluster_name"], info["session_name"]
+        try:
+            layout.check_name(namespace, "namespace")
+            layout.check_name(name, "cluster name")
+            if session != "latest":
+                layout.check_session(session)
+        except layout.LayoutError as exc:
+            raise web.HTTPNotFound(text=str(exc)) from None
+        if session == "latest":
+            ours = [s for s in await self.state.directory.current() if (s.namespace, s.cluster) == (namespace, name)]
+            if not ours:
+                ours = [s for s in await self.state.directory.refresh() if (s.namespace, s.cluster) == (namespace, name)]
+            if not ours:
+                raise web.HTTPNotFound(text=f"no session of cluster {namespace}/{name} in this history store")
+            session = min(ours, key=_sort_key).session
+        # relative, so it still works behind an Ingress that strips a path prefix
+        raise web.HTTPFound(f"../../../s/{namespace}/{name}/{session}/")
+
+    # -- internal --
+
+    async def prewarm(self, request: web.Request) -> web.Response:
+        token = self.state.settings.prewarm_token.get_secret_value()
+        if token:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise web.HTTPUnauthorized(text="prewarm needs 'Authorization: Bearer <token>'",
+                                           headers={"WWW-Authenticate": "Bearer"})
+        params = dict(request.query)
+        if request.can_read_body:
+            try:
+                params.update(await request.json())
+            except (ValueError, TypeError):
+                raise web.HTTPBadRequest(text="body must be a JSON object {namespace, cluster, session}") from None
+        try:
+            ref = SessionRef(params.get("namespace", ""), params.get("cluster", ""), params.get("session", ""))
+        except layout.LayoutError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        loader = self.state.loader
+        try:
+            entry = await loader.refresh(ref)
+        except SessionNotFound as exc:
+            raise web.HTTPNotFound(text=str(exc)) from None
+        except LoadTimeout as exc:
+            return json_response({"session": ref.tail, "load_state": "loading", "progress": exc.progress.as_dict()},
+                                 status=202)
+        progress = loader.progress(ref)
+        return json_response({
+            "session": ref.tail, "load_state": "loaded", "snapshot_key": entry.snapshot_key,
+            "tasks": len(entry.snapshot.tasks), **completeness(entry),
+            "progress": progress.as_dict() if progress is not None else None,
+        })
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.state.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+
+def timeline_download_headers(query) -> dict[str, str]:
+    """Ray's tasks_timeline: download=1 makes the Chrome trace an attachment (the UI's "Download trace file")."""
+    if query.get("download") != "1":
+        return {}
+    now = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime())
+    return {"Content-Disposition": f'attachment; filename="timeline-{query.get("job_id")}-{now}.json"'}
+
+
+# api.ROUTES pattern -> response headers the transport adds (api handlers return bodies only)
+EXTRA_HEADERS: dict[str, Callable[[Any], dict[str, str]]] = {"api/v0/tasks/timeline": timeline_download_headers}
+
+
+def body_response(status: int, body: Any, headers: dict[str, str]) -> web.Response:
+    """An api handler's answer: bytes and str go out as they are, anything else as JSON."""
+    if isinstance(body, bytes):
+        return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+    if isinstance(body, str):
+        return web.Response(text=body, status=status, content_type="text/plain", headers=headers)
+    return json_response(body, status=status, headers=headers)
+
+
+def add_public_routes(app: web.Application, state: ServerState) -> Routes:
+    routes = Routes(state)
+    own = {("GET", "api/v0/logs/{media_type}"), ("GET", STATUS_PATH)}
+    app.router.add_get(f"{SESSION_PREFIX}/api/v0/logs/{{media_type}}", routes.log_file)
+    app.router.add_get(f"{SESSION_PREFIX}/{STATUS_PATH}", routes.status)
+    app.router.add_get(f"{SESSION_PREFIX}/api/jobs/{{job_id}}/logs", routes.job_logs)
+    for method, pattern, handler in api.ROUTES:
+        pattern = pattern.lstrip("/")
+        if (method, pattern) in own:
+            continue
+        if method == "GET":  # and HEAD, which the UI uses to probe (platform_events)
+            app.router.add_get(f"{SESSION_PREFIX}/{pattern}", routes.api_handler(pattern, handler))
+        else:
+            app.router.add_route(method, f"{SESSION_PREFIX}/{pattern}", routes.api_handler(pattern, handler))
+    app.router.add_get("/clusters", routes.clusters)
+    # parameter names unlike the session prefix's: middlewares that act on /s/... sessions leave this alone
+    app.router.add_get("/enter_cluster/{cluster_namespace}/{cluster_name}/{session_name}", routes.enter_cluster)
+    return routes
+
+
+def add_internal_routes(app: web.Application, state: ServerState) -> Routes:
+    routes = Routes(state)
+    app.router.add_post("/internal/prewarm", routes.prewarm)
+    app.router.add_get("/metrics", routes.metrics)
+    app.router.add_get("/healthz", routes.healthz)
+    return routes
