@@ -11,7 +11,7 @@ AZURITE := $(TOOLS)/node_modules/.bin/azurite-blob
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-slow bench clean
+.PHONY: setup test test-fast test-slow bench bench-server bench-collector clean dashboard demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,28 @@ test-slow: setup
 ## Benchmarks: print figures and write them to bench-results/.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_events
+	$(BIN)/python -m benchmarks.bench_operator
+
+## History server: session loads, resident bytes, HTTP p50/p99, /clusters (bench-results/server.json);
+## snapshot build/load, bytes per task, API p50/p99 for 10k and 100k tasks, 1M with RAYHISTORY_BENCH_1M=1
+## (bench-results/snapshot.json).
+## Collector ingest: events/s with the spool durable, CPU per 10k events, peak RSS (bench-results/collector.json).
+bench-collector: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_collector
+
+bench-server: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_server
+	$(BIN)/python -m benchmarks.bench_snapshot
+
+## The Ray Dashboard frontend build, from the ray wheel without installing Ray (docs/user-guide.md).
+dashboard: $(TOOLS)/dashboard/index.html
+
+$(TOOLS)/dashboard/index.html:
+	$(PYTHON) scripts/fetch_dashboard.py --dest $(TOOLS)/dashboard --wheels $(TOOLS)/wheels
+
+## The local demo: record a real Ray session, stop it, serve its dashboard from .demo/ (README).
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) test-output .pytest_cache

@@ -1,0 +1,229 @@
+"""The unmodified Ray 2.60 Dashboard, served by the history server for a dead session, in a real browser.
+
+Headless Debian Chromium driven by playwright (tests/e2e/browser.py). The history server runs in this
+process on free ports of 127.0.0.1, over a file:// store holding the fixture session written exactly as the
+collector writes it (tests/server/fixture_store.py), or what `make demo` records. Screenshots go to
+test-output/screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from rayhistory import layout
+from rayhistory.index import SessionIndex
+from rayhistory.layout import IndexKind, SessionRef
+from rayhistory.store import Store
+from tests.conftest import HEAD_NODE_ID, SESSION_NAME
+from tests.e2e.browser import browser, running_server, screenshot_on_failure, session_url, shot  # noqa: F401
+from tests.server.fixture_store import fixture_ref, write_fixture_session, write_index
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def history_server(tmp_path):
+    """The server over a store holding the fixture session twice, under two clusters."""
+    store_url = f"file://{tmp_path / 'store'}"
+    store = Store(store_url)
+    ref = await write_fixture_session(store, fixture_ref("ray", "demo"))
+    other = await write_fixture_session(store, fixture_ref("ray", "other-cluster"))
+    async with running_server(store_url) as base:
+        yield base, ref, other
+
+
+async def test_picker_enters_the_dead_session_and_every_page_shows_its_data(history_server, browser, tmp_path):
+    base, ref, other = history_server
+    page = await browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+
+    async with screenshot_on_failure(page, "picker-and-pages"):
+        # -- the picker: every session, newest first, a search box, entering one --
+        await page.goto(base)
+        rows = page.locator("tr.session")
+        await rows.first.wait_for()
+        assert await rows.count() == 2
+        assert await page.locator("tr.session .badge.dead").count() == 2
+        await page.fill("#search", "other-cluster")
+        await page.wait_for_function("document.querySelectorAll('tr.session').length === 1")
+        await page.fill("#search", "")
+        await page.wait_for_function("document.querySelectorAll('tr.session').length === 2")
+        await shot(page, "01-picker")
+
+        # a cold session: first the loading page, which polls the status endpoint, then the dashboard
+        async with page.expect_response(session_url(base, ref)) as first_answer:
+            await page.locator("tr.session", has_text="demo").get_by_role("link", name=SESSION_NAME).click()
+        assert "Loading the session" in await (await first_answer.value).text()
+        await page.wait_for_url(session_url(base, ref) + "#/overview")
+        assert any(u.startswith(session_url(base, ref) + "rayhistory/status") for u in requests)
+        await page.get_by_text("Cluster status and autoscaler").first.wait_for()
+        await shot(page, "02-overview")
+
+        # -- jobs: the driver job and both submitted jobs --
+        await page.goto(session_url(base, ref) + "#/jobs")
+        await page.get_by_text("fixture_submitted_job_ok").first.wait_for()
+        await page.get_by_text("01000000").first.wait_for()
+        await shot(page, "03-jobs")
+
+        # -- one job: its task table with the failed task --
+        await page.goto(session_url(base, ref) + "#/jobs/01000000")
+        await page.get_by_text("Task Table").first.click()
+        await page.get_by_label("State").first.fill("FAILED")
+        failed_row = page.locator("tr", has_text="boom")
+        await failed_row.first.wait_for()
+        assert "FAILED" in await failed_row.first.inner_text()
+        await page.keyboard.press("Escape")  # close the filter's dropdown before the picture
+        await failed_row.first.scroll_into_view_if_needed()
+        await shot(page, "04-job-failed-task")
+
+        # -- actors: the dead ones and why they died --
+        await page.goto(session_url(base, ref) + "#/actors")
+        await page.get_by_text("killed_actor").first.wait_for()
+        await page.get_by_text("bad_init_actor").first.wait_for()
+        killed = page.locator("tr", has_text="killed_actor").first
+        assert "DEAD" in await killed.inner_text()
+        await shot(page, "05-actors")
+        # the dead actor's own page says why it died
+        await killed.get_by_role("link", name="91bb2749d7f8867082bb29c701000000").click()
+        await page.get_by_text("killed by `ray.kill`").first.wait_for()
+        await shot(page, "06-dead-actor")
+
+        # -- the cluster's node --
+        await page.goto(session_url(base, ref) + "#/cluster")
+        node_row = page.locator("tr", has_text="127.0.0.1").first
+        await node_row.wait_for()
+        assert HEAD_NODE_ID[:8] in await page.content()
+        await shot(page, "07-cluster-node")
+
+        # -- log files: a submitted job's driver log on its page, and the node's files in the log viewer --
+        await page.goto(session_url(base, ref) + "#/jobs/fixture_submitted_job_ok")
+        await page.get_by_text("job result: 30").first.wait_for()
+        await shot(page, "08-job-driver-log")
+        # Ray's Logs tab lists only ALIVE nodes, so for a dead session the file list is reached by node id
+        # (the link a bookmark or the docs give): it lists the stored files, and one opens in the viewer
+        await page.goto(session_url(base, ref) + f"#/logs/?nodeId={HEAD_NODE_ID}")
+        await page.get_by_role("link", name="raylet.out").click()
+        await page.get_by_text("Per-worker process group cleanup is ENABLED").first.wait_for()
+        await shot(page, "09-log-file")
+
+        # -- the job's timeline: the "Download trace file" button saves the Chrome trace --
+        await page.goto(session_url(base, ref) + "#/jobs/01000000")
+        async with page.expect_download() as download_info:
+            await page.get_by_text("Download trace file").first.click()
+        download = await download_info.value
+        trace_path = tmp_path / "timeline.json"
+        await download.save_as(trace_path)
+        trace = json.loads(trace_path.read_text())
+        # a Chrome trace with the job's task spans, the failed one included
+        assert {"__main__.square", "__main__.boom", "task:execute"} <= {e.get("name") for e in trace}
+
+    # every request the dashboard made stayed under this session's prefix (or the picker's own)
+    ours = [u for u in requests if u.startswith(base)]
+    strays = [u for u in ours if not u.startswith(session_url(base, ref)) and u not in (base, base + "clusters?limit=200")]
+    assert strays == []
+
+
+async def test_two_tabs_show_two_sessions_at_once(history_server, browser):
+    base, ref, other = history_server
+    tabs = {}
+    for r in (ref, other):
+        page = await browser.new_page()
+        seen: list[str] = []
+        page.on("request", lambda req, seen=seen: seen.append(req.url))
+        tabs[r] = (page, seen)
+    # both open at the same time, each on its own session
+    await asyncio.gather(*(page.goto(session_url(base, r) + "#/actors") for r, (page, _) in tabs.items()))
+    for r, (page, seen) in tabs.items():
+        await page.get_by_text("killed_actor").first.wait_for()
+        api_calls = [u for u in seen if "/logical/actors" in u]
+        assert api_calls and all(u.startswith(session_url(base, r)) for u in api_calls), api_calls
+    # a shared link with a #/route opens that route
+    page, _ = tabs[other]
+    await page.goto(session_url(base, other) + "#/jobs/01000000")
+    await page.get_by_text("Task Table").first.wait_for()
+    await shot(page, "10-second-tab-job")
+    # KubeRay's entry point still works, and `latest` picks the cluster's newest session
+    await page.goto(f"{base}enter_cluster/{other.namespace}/{other.cluster}/latest")
+    await page.wait_for_url(session_url(base, other) + "#/overview")
+
+
+@pytest.fixture
+async def demo_session_server(tmp_path):
+    """What `make demo` records (a real Ray 2.60 head, the collector, the sample workload), served like the demo."""
+    workdir = tmp_path / "demo"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(REPO / "scripts" / "demo.py"), "--workdir", str(workdir), "--no-serve",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), 240)
+    finally:
+        if proc.returncode is None:  # timed out: SIGTERM makes the demo stop Ray and the collector it started
+            proc.terminate()
+            await proc.wait()
+    assert proc.returncode == 0, output.decode()[-5000:]
+    store_url = f"file://{workdir / 'store'}"
+    sessions = await SessionIndex(Store(store_url)).sessions()
+    assert [s.state for s in sessions] == ["dead"]
+    async with running_server(store_url) as base:
+        yield base, sessions[0].ref
+
+
+async def test_demo_session_in_the_browser(demo_session_server, browser):
+    base, ref = demo_session_server
+    page = await browser.new_page()
+    async with screenshot_on_failure(page, "demo"):
+        await page.goto(base)
+        await page.locator("tr.session", has_text=ref.session).get_by_role("link").click()
+        await page.wait_for_url(session_url(base, ref) + "#/overview")
+        await page.goto(session_url(base, ref) + "#/jobs")
+        await page.get_by_text("demo_submitted_job").first.wait_for()
+        await shot(page, "demo-01-jobs")
+        await page.goto(session_url(base, ref) + "#/actors")
+        killed = page.locator("tr", has_text="killed_actor").first
+        await killed.wait_for()
+        assert "DEAD" in await killed.inner_text()
+        await page.locator("tr", has_text="bad_init_actor").first.wait_for()
+        await shot(page, "demo-02-actors")
+        # the driver's job (its entrypoint ran the workload): the failed task
+        await page.goto(session_url(base, ref) + "#/jobs")
+        await page.locator("tr", has_text="--run-workload").get_by_role("link").first.click()
+        await page.get_by_text("Task Table").first.click()
+        await page.get_by_label("State").first.fill("FAILED")
+        boom = page.locator("tr", has_text="boom").first
+        await boom.wait_for()
+        assert "FAILED" in await boom.inner_text()
+        await page.keyboard.press("Escape")
+        await boom.scroll_into_view_if_needed()
+        await shot(page, "demo-03-failed-task")
+
+
+async def test_picker_pages_through_every_session_and_searches_them_all(browser, tmp_path):
+    """No cap: 450 sessions show 200 at a time, and a search finds the oldest one beyond the first page."""
+    store_url = f"file://{tmp_path / 'store'}"
+    store = Store(store_url)
+    refs = [SessionRef("team-a" if i % 2 else "team-b", f"cluster-{i % 5}",
+                       f"session_2026-01-01_{i // 60:02d}-{i % 60:02d}-00_000000_{i}") for i in range(450)]
+    await asyncio.gather(*(write_index(store, ref, IndexKind.LIVE, layout.session_start_ms(ref.session)) for ref in refs))
+    async with running_server(store_url) as base:
+        page = await browser.new_page()
+        async with screenshot_on_failure(page, "picker-paging"):
+            await page.goto(base)
+            rows = page.locator("tr.session")
+            await page.wait_for_function("document.querySelectorAll('tr.session').length === 200")
+            # newest first
+            assert await rows.first.get_attribute("data-session") == refs[-1].session
+            await page.click("#more")
+            await page.wait_for_function("document.querySelectorAll('tr.session').length === 400")
+            await page.fill("#search", f"{refs[0].session}")
+            await page.wait_for_function("document.querySelectorAll('tr.session').length === 1")
+            assert await rows.first.get_attribute("data-session") == refs[0].session
+            assert await page.locator("#count").inner_text() == "1 of 450 sessions"

@@ -1,0 +1,78 @@
+"""A live session, in a real browser: the history server proxies it to the running Ray head's own dashboard.
+
+A real Ray 2.60 head on 127.0.0.1 (tests/e2e/ray_cluster.py), a real `rayhistory server`, Debian's Chromium.
+Kubernetes is kmock's emulator over HTTP (no real API server installs here): it holds the RayCluster and its
+head Service, whose cluster IP is 127.0.0.1 and whose `dashboard` port is the head's dashboard port, and
+the server finds it through a kubeconfig, as it would with in-cluster credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+
+import pytest
+
+from rayhistory import layout
+from rayhistory.index import SessionIndex
+from rayhistory.layout import IndexKind, SessionRef
+from rayhistory.server import live_proxy as lp
+from rayhistory.store import Store
+from tests.e2e import ray_cluster
+from tests.e2e.browser import browser, running_server, screenshot_on_failure, session_url, shot  # noqa: F401
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def ray_head():
+    cluster = ray_cluster.start(num_cpus=1)
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+def fetch(url: str) -> tuple[dict, bytes]:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return dict(resp.headers), resp.read()
+
+
+async def test_live_session_is_the_running_clusters_own_dashboard(ray_head, kmock, browser, tmp_path, monkeypatch):  # noqa: F811
+    dashboard_port = ray_head.ports["dashboard-port"]
+    kmock.objects["ray.io/v1/rayclusters", "ray", "live-cluster"] = {
+        "apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "live-cluster", "namespace": "ray"},
+        "status": {"head": {"serviceName": "live-cluster-head-svc"}},
+    }
+    kmock.objects["v1/services", "ray", "live-cluster-head-svc"] = {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "live-cluster-head-svc", "namespace": "ray"},
+        "spec": {"clusterIP": "127.0.0.1", "ports": [{"name": "dashboard", "port": dashboard_port}]},
+    }
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+        "users": [{"name": "test", "user": {"token": "not-checked"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
+    }))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    # the collector's `live` index record for the head's session (what it writes on first sight)
+    store_url = f"file://{tmp_path / 'store'}"
+    ref = SessionRef("ray", "live-cluster", ray_head.session_dir.name)
+    await SessionIndex(Store(store_url)).append(ref, IndexKind.LIVE, start_ms=layout.session_start_ms(ref.session))
+
+    async with running_server(store_url) as base:
+        # the server runs in this event loop: fetch from a thread
+        headers, body = await asyncio.to_thread(fetch, session_url(base, ref) + "api/version")
+        assert headers[lp.SOURCE_HEADER] == "live"
+        assert json.loads(body)["ray_version"] == "2.60.0"
+        page = await browser.new_page()
+        async with screenshot_on_failure(page, "live-session"):
+            await page.goto(session_url(base, ref) + "#/cluster")
+            # the live node, ALIVE: only the running head can say that
+            await page.locator("tr", has_text="127.0.0.1").first.wait_for()
+            assert "ALIVE" in await page.locator("tr", has_text="127.0.0.1").first.inner_text()
+            await shot(page, "live-01-cluster")

@@ -1,0 +1,267 @@
+"""Live sessions: the target comes only from Kubernetes, unreachable dashboards fall back to storage.
+
+Kubernetes is kmock's emulator over real HTTP, read through the real kubernetes client. The "live
+dashboard" is a small aiohttp app on 127.0.0.1 that answers like a Ray head (the captured fixture answers):
+starting a real Ray head for each case would add a minute and prove nothing more about the routing.
+The storage side is a handler that says it answered; the real server's storage routes are exercised by
+tests/server and tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from kubernetes import client as k8s
+
+from rayhistory import layout
+from rayhistory.index import SessionIndex, SessionInfo
+from rayhistory.layout import IndexKind, SessionRef
+from rayhistory.server import live_proxy as lp
+from rayhistory.server.app import create_app
+from rayhistory.server.main import Settings
+from rayhistory.store import Store
+from tests.conftest import SESSION_NAME, api_answer, free_port
+from tests.server.fixture_store import fixture_ref, write_fixture_session
+
+NEWER_SESSION = "session_2026-11-24_08-00-00_000001_42"
+RAYCLUSTERS = "ray.io/v1/rayclusters"
+
+
+def info(session=SESSION_NAME, state="live", cluster="raycluster-a", start_ms=1):
+    return SessionInfo(namespace="ray", cluster=cluster, session=session, state=state, start_ms=start_ms)
+
+
+# ---- pure decisions ----------------------------------------------------------------------------
+
+def test_dashboard_url_from_head_service_and_fallbacks():
+    rc = {"metadata": {"name": "rc", "namespace": "ray"},
+          "status": {"head": {"serviceName": "rc-head"}, "endpoints": {"dashboard": "8266"}}}
+    svc = {"metadata": {"name": "rc-head", "namespace": "ray"},
+           "spec": {"clusterIP": "10.0.0.7", "ports": [{"name": "gcs", "port": 6379}, {"name": "dashboard", "port": 8265}]}}
+    assert lp.head_service_name(rc) == "rc-head"
+    assert lp.dashboard_url(rc, svc) == "http://10.0.0.7:8265"
+    headless = {**svc, "spec": {"clusterIP": "None", "ports": []}}
+    assert lp.dashboard_url(rc, headless) == "http://rc-head.ray.svc:8266"
+    assert lp.dashboard_url(rc, None) is None
+    assert lp.head_service_name({"metadata": {"name": "rc"}}) == "rc-head-svc"
+
+
+def test_decide_route():
+    live, up = info(), lp.ClusterView(True, "http://127.0.0.1:1")
+    assert lp.decide_route(info(state="dead"), [], up) == lp.Route("storage", dead=True)
+    assert lp.decide_route(live, [live], up) == lp.Route("proxy", target="http://127.0.0.1:1")
+    # the cluster is gone: dead even though nobody marked it
+    assert lp.decide_route(live, [live], lp.ClusterView(False)).dead
+    assert lp.effective_state(live, [live], lp.ClusterView(False)) == "dead"
+    # a newer session of the same cluster means the head restarted: the old one is over
+    newer = info(NEWER_SESSION, start_ms=2)
+    assert lp.decide_route(live, [live, newer], up).dead
+    assert lp.decide_route(newer, [live, newer], up).kind == "proxy"
+    # no Kubernetes: storage, incomplete, and still live
+    no_k8s = lp.decide_route(live, [live], None)
+    assert no_k8s.kind == "storage" and no_k8s.incomplete and not no_k8s.dead
+    assert lp.effective_state(live, [live], None) == "live"
+
+
+# ---- through HTTP --------------------------------------------------------------------------------
+
+@pytest.fixture
+async def live_dashboard():
+    """Stands in for a running Ray head's dashboard (answers from the fixture capture)."""
+    seen = []
+
+    async def jobs(request):
+        seen.append(request)
+        return web.json_response(api_answer("api__jobs.json"), headers={"X-Live": "1"})
+
+    async def index(request):
+        seen.append(request)
+        return web.Response(text="<html>the live dashboard</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/api/jobs/", jobs)
+    app.router.add_post("/api/jobs/", jobs)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield server, seen
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def kubernetes_clusters(kmock):
+    config = k8s.Configuration(host=str(kmock.url).rstrip("/"))
+    api = k8s.ApiClient(config)
+    try:
+        yield lp.KubernetesClusters(api, ttl=0)
+    finally:
+        api.close()
+
+
+def add_raycluster(kmock, name: str, port: int, service_ip: str = "127.0.0.1"):
+    kmock.objects[RAYCLUSTERS, "ray", name] = {
+        "apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": name, "namespace": "ray"},
+        "status": {"head": {"serviceName": f"{name}-head-svc"}, "endpoints": {"dashboard": "8265"}},
+    }
+    kmock.objects["v1/services", "ray", f"{name}-head-svc"] = {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": f"{name}-head-svc", "namespace": "ray"},
+        "spec": {"clusterIP": service_ip, "ports": [{"name": "dashboard", "port": port, "targetPort": 8265}]},
+    }
+
+
+async def proxy_client(clusters, sessions: list[SessionInfo]):
+    async def list_sessions():
+        return sessions
+
+    async def from_storage(request):
+        return web.json_response({"from": "storage"})
+
+    proxy = lp.LiveProxy(clusters, lp.lookup_from_listing(list_sessions), timeout=5)
+    app = web.Application(middlewares=[proxy.middleware])
+    app.router.add_route("*", "/s/{namespace}/{cluster}/{session}/api/jobs/", from_storage)
+    app.on_cleanup.append(lambda app: proxy.close())
+    return TestClient(TestServer(app))
+
+
+async def test_live_session_is_proxied_to_the_dashboard_kubernetes_names(kmock, kubernetes_clusters, live_dashboard):
+    server, seen = live_dashboard
+    add_raycluster(kmock, "raycluster-a", server.port)
+    async with await proxy_client(kubernetes_clusters, [info()]) as client:
+        # a client cannot pick the target: headers, cookies and query naming another host change nothing
+        resp = await client.get(
+            f"/s/ray/raycluster-a/{SESSION_NAME}/api/jobs/?target=http://evil:1",
+            headers={"Host": "evil", "X-Forwarded-Host": "evil", "Cookie": "session=evil"},
+        )
+        assert resp.status == 200
+        assert resp.headers[lp.SOURCE_HEADER] == "live"
+        assert await resp.json() == api_answer("api__jobs.json")
+        assert seen[-1].path == "/api/jobs/" and seen[-1].query_string == "target=http://evil:1"
+        assert "Cookie" not in seen[-1].headers
+        # writes are not proxied
+        resp = await client.post(f"/s/ray/raycluster-a/{SESSION_NAME}/api/jobs/", json={})
+        assert resp.status == 405
+        assert len(seen) == 1
+
+
+async def test_unreachable_dashboard_serves_storage_marked_incomplete(kmock, kubernetes_clusters):
+    add_raycluster(kmock, "raycluster-a", free_port())  # nothing listens there
+    async with await proxy_client(kubernetes_clusters, [info()]) as client:
+        resp = await client.get(f"/s/ray/raycluster-a/{SESSION_NAME}/api/jobs/")
+        assert resp.status == 200
+        assert await resp.json() == {"from": "storage"}
+        assert resp.headers[lp.SOURCE_HEADER] == "storage"
+        assert resp.headers[lp.INCOMPLETE_HEADER] == "live dashboard unreachable"
+
+
+async def test_gone_cluster_and_dead_sessions_come_from_storage_complete(kmock, kubernetes_clusters, live_dashboard):
+    server, seen = live_dashboard
+    add_raycluster(kmock, "raycluster-a", server.port)
+    sessions = [info(cluster="deleted-cluster"), info(state="dead")]
+    async with await proxy_client(kubernetes_clusters, sessions) as client:
+        for path in (f"/s/ray/deleted-cluster/{SESSION_NAME}/api/jobs/", f"/s/ray/raycluster-a/{SESSION_NAME}/api/jobs/"):
+            resp = await client.get(path)
+            assert await resp.json() == {"from": "storage"}, path
+            assert lp.INCOMPLETE_HEADER not in resp.headers
+    assert seen == []
+    assert (await kubernetes_clusters.view("ray", "deleted-cluster")) == lp.ClusterView(exists=False)
+
+
+async def test_without_kubernetes_a_live_session_is_served_from_storage_incomplete():
+    async with await proxy_client(None, [info()]) as client:
+        resp = await client.get(f"/s/ray/raycluster-a/{SESSION_NAME}/api/jobs/")
+        assert await resp.json() == {"from": "storage"}
+        assert "no Kubernetes access" in resp.headers[lp.INCOMPLETE_HEADER]
+
+
+async def test_setup_without_kubernetes_serves_every_session_from_storage(monkeypatch, tmp_path):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    sessions = [info()]
+
+    async def list_sessions():
+        return sessions
+
+    async def from_storage(request):
+        return web.json_response({"from": "storage"})
+
+    app = web.Application()
+    app.router.add_get("/s/{namespace}/{cluster}/{session}/api/jobs/", from_storage)
+    store = Store(f"file://{tmp_path / 'store'}")
+    proxy = lp.setup_live_proxy(app, list_sessions, store)
+    assert proxy.clusters is None
+    with pytest.raises(RuntimeError):
+        lp.setup_live_proxy(web.Application(), list_sessions, store, kubernetes=True)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get(f"/s/ray/raycluster-a/{SESSION_NAME}/api/jobs/")
+        assert await resp.json() == {"from": "storage"}
+        assert "no Kubernetes access" in resp.headers[lp.INCOMPLETE_HEADER]
+
+
+async def test_sessions_of_gone_or_restarted_clusters_are_marked_dead_in_the_index(kmock, kubernetes_clusters, tmp_path):
+    store = Store(f"file://{tmp_path / 'store'}")
+    index = SessionIndex(store)
+    refs = {
+        "running": SessionRef("ray", "raycluster-a", NEWER_SESSION),
+        "restarted": SessionRef("ray", "raycluster-a", SESSION_NAME),
+        "deleted": SessionRef("ray", "deleted-cluster", SESSION_NAME),
+    }
+    for ref in refs.values():
+        await index.append(ref, IndexKind.LIVE, start_ms=layout.session_start_ms(ref.session))
+    add_raycluster(kmock, "raycluster-a", free_port())
+    marked = await lp.mark_gone_sessions(store, await index.sessions(), kubernetes_clusters)
+    assert sorted(s.ref for s in marked) == sorted([refs["restarted"], refs["deleted"]])
+    states = {s.ref: s for s in await SessionIndex(store).sessions()}
+    assert states[refs["running"]].state == "live"
+    assert states[refs["deleted"]].state == "dead" and "RayCluster gone" in states[refs["deleted"]].dead_reason
+    assert states[refs["restarted"]].state == "dead"
+    # idempotent: nothing more to mark
+    assert await lp.mark_gone_sessions(store, list(states.values()), kubernetes_clusters) == []
+
+
+# ---- through the real server (create_app), Kubernetes found from a kubeconfig -------------------------
+
+async def test_server_proxies_live_sessions_and_marks_gone_ones_dead(kmock, live_dashboard, tmp_path, monkeypatch):
+    server, seen = live_dashboard
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+        "users": [{"name": "test", "user": {"token": "not-checked"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
+    }))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    add_raycluster(kmock, "raycluster-a", server.port)
+    store_url = f"file://{tmp_path / 'store'}"
+    store = Store(store_url)
+    running = await write_fixture_session(store, fixture_ref("ray", "raycluster-a"), dead=False)
+    gone = await write_fixture_session(store, fixture_ref("ray", "deleted-cluster"), dead=False)
+    settings = Settings(storage=store_url, index_refresh_interval=0.2)
+    public, internal = create_app(settings)
+    async with TestClient(TestServer(public)) as client:
+        resp = await client.get(f"/s/ray/raycluster-a/{running.session}/api/jobs/")
+        assert resp.headers[lp.SOURCE_HEADER] == "live", resp.headers.get(lp.INCOMPLETE_HEADER)
+        assert await resp.json() == api_answer("api__jobs.json")
+        # the UI itself comes from the live head too (its Ray version's own build), once under the slash
+        resp = await client.get(f"/s/ray/raycluster-a/{running.session}", allow_redirects=False)
+        assert resp.status == 302 and resp.headers["Location"] == f"{running.session}/"
+        resp = await client.get(f"/s/ray/raycluster-a/{running.session}/")
+        assert await resp.text() == "<html>the live dashboard</html>"
+        assert len(seen) == 2
+        # the RayCluster of the other session is gone: served from storage, and marked dead in the index
+        resp = await client.get(f"/s/ray/deleted-cluster/{gone.session}/api/jobs/")
+        assert resp.status == 200 and resp.headers[lp.SOURCE_HEADER] == "storage"
+        for _ in range(100):
+            listing = await (await client.get("/clusters")).json()
+            states = {s["cluster"]: s["state"] for s in listing["sessions"]}
+            if states.get("deleted-cluster") == "dead":
+                break
+            await asyncio.sleep(0.1)
+        assert states == {"raycluster-a": "live", "deleted-cluster": "dead"}
+        assert len(seen) == 2

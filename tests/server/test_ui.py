@@ -1,0 +1,126 @@
+"""The dashboard UI routes: the real Ray 2.60 build served under session prefixes, the picker and the loading page.
+
+The session's load state comes from a small table here instead of the server's loader, so that these tests
+check the UI's own decisions; the browser test (tests/e2e/test_dashboard_browser.py) runs them against the
+real server.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from rayhistory.layout import SessionRef
+from rayhistory.server import ui
+from tests.conftest import SESSION_NAME
+
+OTHER_SESSION = "session_2026-11-24_08-00-00_000001_42"
+STATUS_PATH = "api/rayhistory/status"
+
+
+def installed_build() -> Path:
+    build = ui.find_dashboard_dir()
+    assert build is not None, "the test environment installs ray, whose wheel ships the dashboard build"
+    return build
+
+
+@pytest.fixture
+async def client():
+    states = {
+        ("ray", "demo", SESSION_NAME): ui.LoadState(ready=True),
+        ("ray", "other", OTHER_SESSION): ui.LoadState(ready=True),
+        ("ray", "cold", SESSION_NAME): ui.LoadState(ready=False),
+    }
+
+    async def load_state(request: web.Request, ref: SessionRef) -> ui.LoadState:
+        return states.get((ref.namespace, ref.cluster, ref.session), ui.LoadState(ready=False, exists=False))
+
+    app = web.Application()
+    ui.setup_ui(app, None, load_state, STATUS_PATH)
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+def test_build_found_in_installed_ray_and_setting_wins(tmp_path, monkeypatch):
+    build = installed_build()
+    assert (build / "index.html").is_file() and build.parts[-4:] == ("ray", "dashboard", "client", "build")
+    copy = tmp_path / "dash"
+    shutil.copytree(build, copy)
+    assert ui.find_dashboard_dir(str(copy)) == copy.resolve()
+    monkeypatch.setenv(ui.DASHBOARD_DIR_ENV, str(copy))
+    assert ui.find_dashboard_dir() == copy.resolve()
+    with pytest.raises(ui.DashboardBuildMissing):
+        ui.find_dashboard_dir(str(tmp_path / "nothing-here"))
+
+
+async def test_session_prefix_serves_the_unmodified_build_and_every_asset_it_references(client):
+    build = installed_build()
+    for session_path in (f"/s/ray/demo/{SESSION_NAME}/", f"/s/ray/other/{OTHER_SESSION}/"):
+        resp = await client.get(session_path)
+        assert resp.status == 200
+        page = await resp.read()
+        assert page == (build / "index.html").read_bytes()
+        # index.html loads its bundles with paths relative to the session's URL
+        refs = re.findall(rb'(?:src|href)="\./([^"]+)"', page)
+        assert {r.split(b"/")[0] for r in refs} >= {b"static", b"favicon.ico"}
+        for ref in refs:
+            asset = await client.get(session_path + ref.decode())
+            assert asset.status == 200, ref
+            assert await asset.read() == (build / ref.decode()).read_bytes()
+    # lazily loaded chunks and fonts (webpack public path "./") resolve under the prefix too
+    chunk = next((build / "static" / "js").glob("*.chunk.js")).name
+    assert (await client.get(f"/s/ray/demo/{SESSION_NAME}/static/js/{chunk}")).status == 200
+    assert (await client.get(f"/s/ray/demo/{SESSION_NAME}/speedscope-1.5.3/index.html")).status == 200
+
+
+async def test_paths_that_leave_the_build_or_name_no_session_are_refused(client):
+    base = f"/s/ray/demo/{SESSION_NAME}"
+    for path in (
+        base + "/static/%2e%2e/index.html",
+        base + "/static/..%2f..%2f..%2fetc/passwd",
+        base + "/static/js/nope.js",
+        "/s/ray/demo/not-a-session/",
+        "/s/ray/demo/..%2f..%2f/",
+    ):
+        resp = await client.get(path)
+        assert resp.status == 404, path
+    resp = await client.get(f"/s/ray/gone/{SESSION_NAME}/")
+    assert resp.status == 404
+
+
+async def test_session_url_without_slash_redirects_relative(client):
+    resp = await client.get(f"/s/ray/demo/{SESSION_NAME}?x=1", allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"] == f"{SESSION_NAME}/?x=1"
+
+
+async def test_cold_session_gets_the_loading_page_polling_its_status(client):
+    resp = await client.get(f"/s/ray/cold/{SESSION_NAME}/")
+    assert resp.status == 200
+    page = await resp.text()
+    assert "Loading the session" in page
+    assert f'"statusPath": "{STATUS_PATH}"' in page
+    assert "{{" not in page
+    assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_picker_page_lists_clusters_with_a_relative_url(client):
+    resp = await client.get("/")
+    assert resp.status == 200
+    page = await resp.text()
+    assert "fetch(`clusters?" in page and 'id="search"' in page
+
+
+def test_missing_build_answers_503_with_how_to_get_it(tmp_path):
+    async def load_state(request, ref):
+        return ui.LoadState(ready=True)
+
+    ui_ = ui.DashboardUI(None, load_state, STATUS_PATH)
+    with pytest.raises(web.HTTPServiceUnavailable) as err:
+        ui_._require_build()
+    assert "make dashboard" in err.value.text
