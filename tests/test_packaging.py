@@ -1,0 +1,30 @@
+"""The folder operator/ must never shadow the standard library's `operator`, however Python is started."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STDLIB_OPERATOR = str(Path(sysconfig.get_paths()["stdlib"]) / "operator.py")
+PROBE = "import operator, collections; print(operator.__file__); print(operator.itemgetter(1)('ab'))"
+
+
+def _run(*args: str) -> list[str]:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    return out.stdout.split()
+
+
+def test_import_operator_from_the_checkout_root_is_the_standard_module():
+    # -c and -m put the current folder (the checkout) first on sys.path; -S skips site, so nothing has
+    # imported `operator` before the folder could be found.
+    for flags in ([], ["-S"]):
+        assert _run(*flags, "-c", PROBE) == [STDLIB_OPERATOR, "b"]
+
+
+def test_the_parts_import_under_the_project_package():
+    lines = _run("-c", "import rayhistory.operator as o, rayhistory.server as s, rayhistory.collector as c; "
+                       "print(o.__name__, s.__name__, c.__name__)")
+    assert lines == ["rayhistory.operator", "rayhistory.server", "rayhistory.collector"]
