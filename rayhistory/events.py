@@ -50,6 +50,8 @@ def ts_ns(value: str) -> int:
         return 0
     try:
         seconds = _epoch_seconds(value[:19])
+        if len(value) == 30 and value[19] == "." and value[29] in "Zz" and value[20:29].isdigit():
+            return seconds * 1_000_000_000 + int(value[20:29])  # Ray's own form, the common case
         rest = value[19:]
         frac_ns = 0
         if rest[0] == ".":

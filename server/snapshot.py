@@ -20,19 +20,27 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import gzip
 import json
 import logging
 import struct
+import threading
 import zlib
 from array import array
 from collections import defaultdict
+from contextlib import contextmanager
+from operator import attrgetter
 from typing import Any
 
 import msgspec
 from msgspec import Struct
 
-from rayhistory.events import PAYLOAD_FIELD, RayEvent, decode_events, hex_id, ts_ns
+from rayhistory.events import (
+    PAYLOAD_FIELD, ActorDefinition, ActorLifecycle, DriverJobDefinition, DriverJobLifecycle, FunctionDescriptor,
+    NodeDefinition, NodeLifecycle, RayEvent, TaskLifecycle, TaskProfile, WorkerDefinition, WorkerLifecycle,
+    decode_events, hex_id, ts_ns,
+)
 from rayhistory.layout import SessionRef
 
 log = logging.getLogger(__name__)
@@ -50,8 +58,8 @@ FINISHED, FAILED = TASK_STATE_CODE["FINISHED"], TASK_STATE_CODE["FAILED"]
 NIL_PLACEMENT_GROUP = "ff" * 18
 
 _TRANSITION = struct.Struct("<Bq")  # state code, timestamp ns
-_PROFILE = struct.Struct("<IqqI")
-_LOG_OFFSETS = struct.Struct("<4q")  # stdout start, stdout end, stderr start, stderr end  # event name (string index), start ns, end ns, extra data (string index)
+_PROFILE = struct.Struct("<IqqI")  # event name (string index), start ns, end ns, extra data (string index)
+_LOG_OFFSETS = struct.Struct("<4q")  # stdout start, stdout end, stderr start, stderr end
 
 
 class SnapshotFormatError(ValueError):
@@ -254,6 +262,36 @@ def _info_key(info: dict) -> str:
     return json.dumps(info, sort_keys=True)
 
 
+class _HexIds(dict):
+    """base64 id -> hex, cached (`ids[b64]` is one lookup in C): job, node, worker and parent ids repeat
+    across many tasks."""
+
+    def __missing__(self, b64: str) -> str:
+        if len(self) > 1 << 18:
+            self.clear()
+        value = self[b64] = _hex(b64)
+        return value
+
+
+class _Interner(dict):
+    """value -> its index in `values`, given on first sight: `interner[value]` is one lookup in C."""
+
+    def __init__(self, values: list):
+        super().__init__((v, i) for i, v in enumerate(values))
+        self.values = values
+
+    def __missing__(self, value):
+        i = self[value] = len(self.values)
+        self.values.append(value)
+        return i
+
+
+# Task's string fields before and after worker_pid, in its field order
+_TASK_STRINGS_HEAD = ("job", "name", "func", "type", "language", "actor", "parent", "node", "worker")
+_TASK_STRINGS_TAIL = ("placement_group", "resources", "runtime_env", "call_site", "label_selector", "repr_name",
+                      "error_type", "error_message", "stdout_file", "stderr_file")
+
+
 # ---- the builder -----------------------------------------------------------------------------------
 
 
@@ -272,6 +310,16 @@ def _put(fields: dict, name: str, value: Any) -> None:
         old = fields.get(name)
         if not old or value > old:
             fields[name] = value
+
+
+def _put_all(fields: dict, values: tuple[tuple[str, Any], ...]) -> None:
+    """_put of several (name, value) pairs, in one call."""
+    get = fields.get
+    for name, value in values:
+        if value:
+            old = get(name)
+            if not old or value > old:
+                fields[name] = value
 
 
 def _merge_fields(into: dict, other: dict) -> None:
@@ -336,19 +384,20 @@ def _hex(b64: str) -> str:
         return ""
 
 
-_second_of: dict[str, int] = {}
+_ns_of_second: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS." -> ns since the epoch
 
 
 def _ts(value: str) -> int:
     """ts_ns with a fast path for Ray's own form (nine fractional digits, 'Z'): the builder's hottest call."""
     if len(value) == 30 and value[19] == "." and value[29] == "Z":
-        seconds = _second_of.get(value[:19])
-        if seconds is None:
-            seconds = ts_ns(value[:19] + "Z") // 1_000_000_000
-            if len(_second_of) < 1 << 20:
-                _second_of[value[:19]] = seconds
+        second = value[:20]
+        base = _ns_of_second.get(second)
+        if base is None:
+            base = ts_ns(value[:19] + "Z")
+            if len(_ns_of_second) < 1 << 20:
+                _ns_of_second[second] = base
         try:
-            return seconds * 1_000_000_000 + int(value[20:29])
+            return base + int(value[20:29])
         except ValueError:
             pass
     return ts_ns(value)
@@ -361,20 +410,129 @@ def _int(value) -> int:
         return 0
 
 
-_stored_batch = msgspec.json.Decoder(list[RayEvent])
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
 
 
-def _decode_stored(raw: bytes) -> list[RayEvent] | None:
-    """Fast path for a stored batch: the collector validated every event (rayhistory.events.accept_events)
-    and wrote one per line, so one typed decode is enough; the per-event checks are not repeated (they are
-    a quarter of decode time). None when the batch is not clean, for the careful path."""
-    lines = raw.strip()
-    if not lines.startswith(b"{") or b"\r" in lines or b"\n\n" in lines:
-        return None
+@contextmanager
+def _gc_paused():
+    """No cyclic GC pass while a batch is folded in or a snapshot built (well under a second each): the build
+    makes no cycles, but its thousands of decoded payloads would trigger passes that scan them all. The switch
+    is process-wide: counted, so that builds in several threads nest, and put back as it was found."""
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
     try:
-        return _stored_batch.decode(b"[" + lines.replace(b"\n", b",") + b"]")
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+# ---- what the builder reads of a stored event -------------------------------------------------------
+# The collector validated every stored event in full (rayhistory.events.accept_events), so the builder
+# decodes only what it folds in: msgspec skips the other fields without building them. Function
+# descriptors and resource maps stay raw JSON: a few distinct ones repeat across thousands of tasks, and
+# each is decoded and normalised once (SnapshotBuilder._cached), not once per task.
+
+_NULL, _EMPTY_OBJECT = msgspec.Raw(b"null"), msgspec.Raw(b"{}")
+
+
+class _TaskDefinition(Struct, rename="camel", gc=False):
+    task_id: str = ""
+    task_attempt: int = 0
+    task_type: str = "NORMAL_TASK"
+    language: str = "PYTHON"
+    task_func: msgspec.Raw = _NULL  # FunctionDescriptor | None
+    task_name: str = ""
+    required_resources: msgspec.Raw = _EMPTY_OBJECT  # dict[str, float]
+    job_id: str = ""
+    parent_task_id: str = ""
+    placement_group_id: str = ""
+    serialized_runtime_env: str = ""
+    call_site: str = ""
+    label_selector: msgspec.Raw = _EMPTY_OBJECT  # dict[str, str]
+
+
+class _ActorTaskDefinition(Struct, rename="camel", gc=False):
+    task_id: str = ""
+    task_attempt: int = 0
+    language: str = "PYTHON"
+    actor_func: msgspec.Raw = _NULL
+    actor_task_name: str = ""
+    required_resources: msgspec.Raw = _EMPTY_OBJECT
+    job_id: str = ""
+    actor_id: str = ""
+    parent_task_id: str = ""
+    placement_group_id: str = ""
+    serialized_runtime_env: str = ""
+    call_site: str = ""
+    label_selector: msgspec.Raw = _EMPTY_OBJECT
+
+
+class _StoredEvent(Struct, rename="camel", gc=False):
+    """RayEvent as the builder reads it: the envelope's ids and the payloads (same attribute names)."""
+
+    event_id: str
+    event_type: str
+    session_name: str
+    task_definition_event: _TaskDefinition | None = None
+    task_lifecycle_event: TaskLifecycle | None = None
+    actor_task_definition_event: _ActorTaskDefinition | None = None
+    task_profile_events: TaskProfile | None = None
+    driver_job_definition_event: DriverJobDefinition | None = None
+    driver_job_lifecycle_event: DriverJobLifecycle | None = None
+    node_definition_event: NodeDefinition | None = None
+    node_lifecycle_event: NodeLifecycle | None = None
+    actor_definition_event: ActorDefinition | None = None
+    actor_lifecycle_event: ActorLifecycle | None = None
+    worker_definition_event: WorkerDefinition | None = None
+    worker_lifecycle_event: WorkerLifecycle | None = None
+
+
+_stored_event = msgspec.json.Decoder(_StoredEvent)
+_function_descriptor = msgspec.json.Decoder(FunctionDescriptor | None)
+_resources = msgspec.json.Decoder(dict[str, float])
+_labels = msgspec.json.Decoder(dict[str, str])
+
+
+def _func_name_of(raw: bytes) -> str:
+    return _func_name(_function_descriptor.decode(raw))
+
+
+def _resources_of(raw: bytes) -> str:
+    return _json_obj(_resources.decode(raw)) or "{}"
+
+
+def _labels_of(raw: bytes) -> str:
+    return _json_obj(_labels.decode(raw))
+
+
+def _decode_stored(raw: bytes) -> list[_StoredEvent] | None:
+    """Fast path for a stored batch (JSON lines, as the collector writes them): one msgspec call; the
+    per-event checks of rayhistory.events are not repeated. None when any event does not decode, for the
+    careful path."""
+    try:
+        return _stored_event.decode_lines(raw)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+
+
+def _decode_careful(raw: bytes) -> tuple[list[_StoredEvent], int] | str:
+    """Careful path: rayhistory.events checks every event on its own and rejects bad ones alone.
+    (events, rejected count), or why the whole object is unreadable."""
+    batch = decode_events(raw)
+    if any(e.index == -1 for e in batch.errors):
+        return batch.errors[0].reason
+    encode = msgspec.json.encode
+    events = [_stored_event.decode(encode(e)) for e in batch.events if isinstance(e, RayEvent)]
+    return events, len(batch.errors)
 
 
 class SnapshotBuilder:
@@ -386,8 +544,12 @@ class SnapshotBuilder:
         self.end_ms = end_ms
         self._tasks: dict[tuple[str, int], dict] = {}  # (base64 task id, attempt) -> fields, see _put
         self._words: list[str] = []  # profile event names and extra data, by index
-        self._word_index: dict[str, int] = {}
-        self._hex_cache: dict[str, str] = {}
+        self._word_index = _Interner(self._words)
+        self._id = _HexIds().__getitem__  # base64 id -> hex
+        # raw JSON of a function descriptor, resource map, label selector -> its normalised form
+        self._func_names: dict[bytes, str] = {}
+        self._resources_json: dict[bytes, str] = {}
+        self._labels_json: dict[bytes, str] = {}
         self._actors: dict[str, Actor] = {}
         self._nodes: dict[str, Node] = {}
         self._workers: dict[str, Worker] = {}
@@ -420,26 +582,40 @@ class SnapshotBuilder:
         except (OSError, EOFError, zlib.error) as exc:
             self._corrupt[key] = f"not gzip: {exc}"
             return
-        events = _decode_stored(raw)
-        if events is None:  # not one clean typed batch: decode event by event, rejecting bad ones alone
-            batch = decode_events(raw)
-            if batch.errors and any(e.index == -1 for e in batch.errors):
-                self._corrupt[key] = batch.errors[0].reason
-                return
-            self._events_rejected += len(batch.errors)
-            events = batch.events
-        for event in events:
-            if isinstance(event, RayEvent) and event.event_id not in self._event_ids:
-                try:
-                    self._add_event(event)
-                except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                    # valid envelope, unusable payload (e.g. a nested timestamp that is not RFC3339)
-                    self._events_rejected += 1
-                    log.debug("event rejected", extra={"key": key, "event_id": event.event_id, "error": str(exc)})
-                    continue
-                self._event_ids.add(event.event_id)
+        with _gc_paused():  # the batch's decoded events are freed before the GC runs again: it never sees them
+            unreadable = self._fold_batch(key, raw)
+        if unreadable:
+            self._corrupt[key] = unreadable
+            return
         self._corrupt.pop(key, None)
         self._covered.add(key)
+
+    def _fold_batch(self, key: str, raw: bytes) -> str:
+        """Decode a batch and fold its events in. Why the whole batch is unreadable, or ''."""
+        events = _decode_stored(raw)
+        if events is None:  # not one clean batch: decode event by event, rejecting bad ones alone
+            careful = _decode_careful(raw)
+            if isinstance(careful, str):
+                return careful
+            events, rejected = careful
+            self._events_rejected += rejected
+        seen = self._event_ids
+        for event in events:
+            event_id = event.event_id
+            if event_id in seen:
+                continue
+            handler = _HANDLERS.get(event.event_type)
+            if handler is not None:
+                payload_of, fold = handler
+                try:
+                    fold(self, payload_of(event))
+                except (ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
+                    # valid envelope, unusable payload (e.g. a nested timestamp that is not RFC3339)
+                    self._events_rejected += 1
+                    log.debug("event rejected", extra={"key": key, "event_id": event_id, "error": str(exc)})
+                    continue
+            seen.add(event_id)
+        return ""
 
     def add_endpoint(self, name: str, data: bytes) -> None:
         """A head endpoint answer (placement_groups, jobs, serve_applications, cluster_metadata, timezone,
@@ -472,11 +648,6 @@ class SnapshotBuilder:
 
     # -- events ------------------------------------------------------------------------------------
 
-    def _add_event(self, event: RayEvent) -> None:
-        handler = _HANDLERS.get(event.event_type)
-        if handler is not None:
-            handler(self, getattr(event, PAYLOAD_FIELD[event.event_type]))
-
     def _task(self, b64_id: str, attempt: int) -> dict:
         # keyed by the base64 id as Ray sends it (decoded once, in build): most ids appear in ~5 events
         key = (b64_id, attempt)
@@ -485,60 +656,59 @@ class SnapshotBuilder:
             fields = self._tasks[key] = {}
         return fields
 
-    def _id(self, b64: str) -> str:
-        """base64 id -> hex, cached: job, node, worker and parent ids repeat across many tasks."""
-        value = self._hex_cache.get(b64)
+    def _word(self, text: str) -> int:
+        return self._word_index[text]
+
+    def _cached(self, cache: dict[bytes, str], raw: msgspec.Raw, normalise) -> str:
+        key = bytes(raw)
+        value = cache.get(key)
         if value is None:
-            if len(self._hex_cache) > 1 << 18:
-                self._hex_cache.clear()
-            value = self._hex_cache[b64] = _hex(b64)
+            if len(cache) > 1 << 12:
+                cache.clear()
+            value = cache[key] = normalise(key)
         return value
 
-    def _word(self, text: str) -> int:
-        i = self._word_index.get(text)
-        if i is None:
-            i = self._word_index[text] = len(self._words)
-            self._words.append(text)
-        return i
+    def _task_definition(self, d: _TaskDefinition) -> None:
+        func = self._cached(self._func_names, d.task_func, _func_name_of)
+        # a creation task's id ends with its actor's id
+        actor = _hex(d.task_id)[16:] if d.task_type == "ACTOR_CREATION_TASK" else ""
+        self._fold_definition(d, d.task_name, func, d.task_type, actor)
 
-    def _actor_task_definition(self, d) -> None:
-        self._task_definition(d, actor_task=True)
+    def _actor_task_definition(self, d: _ActorTaskDefinition) -> None:
+        func = self._cached(self._func_names, d.actor_func, _func_name_of)
+        self._fold_definition(d, d.actor_task_name, func, "ACTOR_TASK", self._id(d.actor_id))
 
-    def _task_definition(self, d, actor_task: bool = False) -> None:
-        f = self._task(d.task_id, d.task_attempt)
-        if actor_task:
-            _put(f, "name", d.actor_task_name)
-            _put(f, "func", _func_name(d.actor_func))
-            _put(f, "type", "ACTOR_TASK")
-            _put(f, "actor", self._id(d.actor_id))
-        else:
-            _put(f, "name", d.task_name)
-            _put(f, "func", _func_name(d.task_func))
-            _put(f, "type", d.task_type)
-            if d.task_type == "ACTOR_CREATION_TASK":
-                _put(f, "actor", _hex(d.task_id)[16:])  # a creation task's id ends with its actor's id
-        _put(f, "language", d.language)
-        _put(f, "job", self._id(d.job_id))
-        _put(f, "parent", self._id(d.parent_task_id))
+    def _fold_definition(self, d, name: str, func: str, task_type: str, actor: str) -> None:
+        # everything is decoded before the task is touched: a bad field rejects the whole event
+        resources = self._cached(self._resources_json, d.required_resources, _resources_of)
+        labels = self._cached(self._labels_json, d.label_selector, _labels_of)
         pg = self._id(d.placement_group_id)
-        _put(f, "placement_group", "" if pg == NIL_PLACEMENT_GROUP else pg)
-        _put(f, "resources", _json_obj(d.required_resources) or "{}")
-        _put(f, "runtime_env", d.serialized_runtime_env)
-        _put(f, "call_site", d.call_site)
-        _put(f, "label_selector", _json_obj(d.label_selector))
+        f = self._task(d.task_id, d.task_attempt)
+        _put_all(f, (
+            ("name", name), ("func", func), ("type", task_type), ("actor", actor), ("language", d.language),
+            ("job", self._id(d.job_id)), ("parent", self._id(d.parent_task_id)),
+            ("placement_group", "" if pg == NIL_PLACEMENT_GROUP else pg), ("resources", resources),
+            ("runtime_env", d.serialized_runtime_env), ("call_site", d.call_site), ("label_selector", labels),
+        ))
 
-    def _task_lifecycle(self, e) -> None:
-        f = self._task(e.task_id, e.task_attempt)
-        packed = [_ACC_TRANSITION.pack(_ts(t.timestamp), TASK_STATE_CODE[t.state])
-                  for t in e.state_transitions if t.state in TASK_STATE_CODE]
+    def _task_lifecycle(self, e: TaskLifecycle) -> None:
+        # the hottest handler (three events of five): _task inlined
+        key = (e.task_id, e.task_attempt)
+        f = self._tasks.get(key)
+        if f is None:
+            f = self._tasks[key] = {}
+        codes, pack = TASK_STATE_CODE, _ACC_TRANSITION.pack
+        packed = b"".join([pack(_ts(t.timestamp), codes[t.state]) for t in e.state_transitions if t.state in codes])
         if packed:
-            f["t"] = f.get("t", b"") + b"".join(packed)
-        if e.job_id:
-            _put(f, "job", self._id(e.job_id))
-        if e.node_id:
-            _put(f, "node", self._id(e.node_id))
-        if e.worker_id:
-            _put(f, "worker", self._id(e.worker_id))
+            f["t"] = f.get("t", b"") + packed
+        hex_of, get = self._id, f.get
+        for name, value in (("job", e.job_id), ("node", e.node_id), ("worker", e.worker_id)):
+            if value:
+                value = hex_of(value)
+                if value:
+                    old = get(name)
+                    if not old or value > old:
+                        f[name] = value
         if e.worker_pid:
             _put(f, "worker_pid", e.worker_pid)
         if e.actor_repr_name:
@@ -551,14 +721,13 @@ class SnapshotBuilder:
         info = e.task_log_info
         if info is not None:
             # offsets arrive in several events (start when the task runs, end when it finishes): merge per field
-            _put(f, "stdout_file", info.stdout_file)
-            _put(f, "stderr_file", info.stderr_file)
-            _put(f, "stdout_start", _int(info.stdout_start))
-            _put(f, "stdout_end", _int(info.stdout_end))
-            _put(f, "stderr_start", _int(info.stderr_start))
-            _put(f, "stderr_end", _int(info.stderr_end))
+            _put_all(f, (
+                ("stdout_file", info.stdout_file), ("stderr_file", info.stderr_file),
+                ("stdout_start", _int(info.stdout_start)), ("stdout_end", _int(info.stdout_end)),
+                ("stderr_start", _int(info.stderr_start)), ("stderr_end", _int(info.stderr_end)),
+            ))
 
-    def _task_profile(self, p) -> None:
+    def _task_profile(self, p: TaskProfile) -> None:
         f = self._task(p.task_id, p.attempt_number)
         if p.job_id:
             _put(f, "job", self._id(p.job_id))
@@ -566,10 +735,14 @@ class SnapshotBuilder:
         if pe is None:
             return
         _put(f, "component", f"{pe.component_type}\n{self._id(pe.component_id)}\n{pe.node_ip_address}")
-        word, pack = self._word, _ACC_PROFILE.pack
-        f["p"] = f.get("p", b"") + b"".join([
-            pack(_int(ev.end_time), _int(ev.start_time), word(ev.event_name), word(ev.extra_data or "{}"))
-            for ev in pe.events])
+        word, pack, events = self._word_index.__getitem__, _ACC_PROFILE.pack, pe.events
+        try:  # times are decimal strings (64-bit integers in protobuf JSON): int() first, _int's leniency if not
+            packed = [pack(int(ev.end_time or 0), int(ev.start_time or 0), word(ev.event_name),
+                           word(ev.extra_data or "{}")) for ev in events]
+        except (TypeError, ValueError):
+            packed = [pack(_int(ev.end_time), _int(ev.start_time), word(ev.event_name),
+                           word(ev.extra_data or "{}")) for ev in events]
+        f["p"] = f.get("p", b"") + b"".join(packed)
 
     def _actor(self, b64_id: str) -> Actor:
         actor_id = _hex(b64_id)
@@ -667,19 +840,14 @@ class SnapshotBuilder:
     # -- output ------------------------------------------------------------------------------------
 
     def build(self) -> Snapshot:
+        with _gc_paused():
+            return self._build()
+
+    def _build(self) -> Snapshot:
         strings: list[str] = [""]
-        index: dict[str, int] = {"": 0}
-        lookup = index.get
-
-        def ref(value: str | None) -> int:
-            if not value:
-                return 0
-            i = lookup(value)
-            if i is None:
-                i = index[value] = len(strings)
-                strings.append(value)
-            return i
-
+        index = _Interner(strings)
+        index[None] = 0  # a field never set
+        ref = index.__getitem__
         end_ns = self.end_ms * 1_000_000
         dead = self.dead
         pack_transition, pack_profile, pack_offsets = _TRANSITION.pack, _PROFILE.pack, _LOG_OFFSETS.pack
@@ -693,12 +861,17 @@ class SnapshotBuilder:
         words = self._words
         tasks = []
         append = tasks.append
-        for (task_id, attempt), f in sorted(by_hex.items()):
+        for task_id, attempt in sorted(by_hex):
+            f = by_hex[task_id, attempt]
             get = f.get
             transitions = sorted(set(_ACC_TRANSITION.iter_unpack(get("t", b""))))
             # the dashboard shows the greatest state by enum number (Ray's protobuf_to_task_state_dict)
-            state = max((code for _, code in transitions), default=0)
-            end = max((ts for ts, code in transitions if code == FINISHED or code == FAILED), default=0)
+            state = end = 0
+            for ts, code in transitions:  # by time: the last FINISHED/FAILED is the end
+                if code > state:
+                    state = code
+                if code == FINISHED or code == FAILED:
+                    end = ts
             if dead and state != FINISHED and state != FAILED:
                 state, end = FAILED, end_ns
             profile = get("p")
@@ -707,14 +880,11 @@ class SnapshotBuilder:
                 events = sorted({(e, s, words[n], words[x]) for e, s, n, x in _ACC_PROFILE.iter_unpack(profile)})
                 profile = b"".join([pack_profile(ref(n), s, e, ref(x)) for e, s, n, x in events])
             has_log = "stdout_file" in f or "stderr_file" in f
-            # positional: this is the hot loop of a build (Task's field order)
+            # positional, in Task's field order (which is also the order strings get their index in)
             append(Task(
-                task_id, attempt, ref(get("job")), ref(get("name")), ref(get("func")), ref(get("type")),
-                ref(get("language")), ref(get("actor")), ref(get("parent")), ref(get("node")), ref(get("worker")),
-                get("worker_pid", 0), ref(get("placement_group")), ref(get("resources")), ref(get("runtime_env")),
-                ref(get("call_site")), ref(get("label_selector")), ref(get("repr_name")), ref(get("error_type")),
-                ref(get("error_message")), ref(get("stdout_file")), ref(get("stderr_file")),
-                pack_offsets(*(get(k, 0) for k in _LOG_INFO_KEYS[2:])) if has_log else b"",
+                task_id, attempt, *map(ref, map(get, _TASK_STRINGS_HEAD)), get("worker_pid", 0),
+                *map(ref, map(get, _TASK_STRINGS_TAIL)),
+                pack_offsets(*[get(k, 0) for k in _LOG_INFO_KEYS[2:]]) if has_log else b"",
                 get("debugger_paused", 0),
                 b"".join([pack_transition(code, ts) for ts, code in transitions]),
                 profile or b"", ref(get("component")), state, end,
@@ -786,8 +956,8 @@ class SnapshotBuilder:
         return b
 
 
-# event type -> the builder method that folds its payload in
-_HANDLERS = {
+# event type -> (the payload's getter, the builder method that folds it in)
+_HANDLERS = {kind: (attrgetter(PAYLOAD_FIELD[kind]), fold) for kind, fold in {
     "TASK_DEFINITION_EVENT": SnapshotBuilder._task_definition,
     "ACTOR_TASK_DEFINITION_EVENT": SnapshotBuilder._actor_task_definition,
     "TASK_LIFECYCLE_EVENT": SnapshotBuilder._task_lifecycle,
@@ -800,4 +970,4 @@ _HANDLERS = {
     "WORKER_LIFECYCLE_EVENT": SnapshotBuilder._worker_lifecycle,
     "DRIVER_JOB_DEFINITION_EVENT": SnapshotBuilder._job_definition,
     "DRIVER_JOB_LIFECYCLE_EVENT": SnapshotBuilder._job_lifecycle,
-}
+}.items()}

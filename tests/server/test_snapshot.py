@@ -3,9 +3,11 @@ dead sessions; and the API's handling of bad input. Data: the Ray 2.60 fixture s
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import pytest
@@ -124,6 +126,45 @@ def test_a_bad_event_is_rejected_alone():
     snap = _build({layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1): _batch(broken)})
     assert snap.events_rejected == 2 and snap.complete
     assert len(snap.workers) == sum(e["eventType"] == "WORKER_DEFINITION_EVENT" for e in body)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("requiredResources", "not a map"), ("labelSelector", {"a": 1}), ("taskFunc", ["not", "a", "descriptor"]),
+])
+def test_a_task_definition_with_a_bad_field_is_rejected_alone(field, value):
+    """The builder decodes descriptors and resource maps lazily (raw JSON, normalised once per distinct value):
+    a bad one still rejects its own event only, exactly as if the event had never arrived."""
+    events = [e for body in received_bodies() for e in body]
+    bad = next(i for i, e in enumerate(events) if e["eventType"] == "TASK_DEFINITION_EVENT")
+    broken = json.loads(json.dumps(events[bad]))
+    broken["taskDefinitionEvent"][field] = value
+    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
+    snap = _build({key: _batch(events[:bad] + [broken] + events[bad + 1:])})
+    without = _build({key: _batch(events[:bad] + events[bad + 1:])})
+    assert snap.events_rejected == 1 and without.events_rejected == 0
+    assert _content(msgspec.structs.replace(snap, events_rejected=0)) == _content(without)
+
+
+def test_line_endings_and_blank_lines_do_not_matter(reference):
+    batches = {}
+    for key, data in stored_batches().items():
+        lines = gzip.decompress(data).split(b"\n")
+        batches[key] = gzip.compress(b"\r\n\r\n".join(lines) + b"\n\n")
+    assert _content(_build(batches)) == _content(reference)
+
+
+def test_the_gc_switch_is_put_back_as_it_was_found():
+    """The builder pauses the (process-wide) cyclic GC while it works; builds in threads overlap."""
+    batches = stored_batches()
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda _: _build(batches), range(8)))
+            assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 def test_format_version_and_magic():
