@@ -1,0 +1,127 @@
+"""POST /v1/events over real HTTP: per-event validation, 413, 503 + Retry-After, /healthz, /metrics."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from rayhistory.collector.main import Collector, Settings
+from tests.conftest import HEAD_NODE_ID, SESSION_NAME, received_bodies
+
+
+@pytest.fixture
+async def collector(tmp_path):
+    settings = Settings(storage=f"file://{tmp_path}/store", host="127.0.0.1", port=0, spool_dir=str(tmp_path / "spool"),
+                        ray_temp_root=str(tmp_path / "ray"), flush_interval=3600, log_upload_interval=3600,
+                        max_body_bytes=200_000, spool_max_bytes=2_000_000, shutdown_grace=10)
+    c = Collector(settings)
+    await c.start()
+    try:
+        yield c
+    finally:
+        if not c.stopping.is_set():
+            await c.shutdown()
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def url(c: Collector, path: str) -> str:
+    return f"http://127.0.0.1:{c.port}{path}"
+
+
+async def test_good_events_are_accepted_and_bad_ones_listed_with_reasons(collector, http):
+    good = [e for body in received_bodies() for e in body][:3]
+    bad_session = dict(good[0], eventId="YmFkc2Vzc2lvbg==", sessionName="not-a-session")
+    bad_node = dict(good[1], eventId="YmFkbm9kZQ==", nodeId="AAAA")
+    no_payload = {k: v for k, v in good[2].items() if not k.endswith("Event") and not k.endswith("Events")}
+    body = [good[0], bad_session, good[1], bad_node, 17, no_payload, good[2]]
+    async with http.post(url(collector, "/v1/events"), json=body) as resp:
+        assert resp.status == 200
+        answer = await resp.json()
+    assert answer["accepted"] == 3
+    # (which index each rejection names is rayhistory.events' business, tested there)
+    rejected = {r["eventId"]: r["reason"] for r in answer["rejected"]}
+    assert len(answer["rejected"]) == 4
+    assert "sessionName" in rejected["YmFkc2Vzc2lvbg=="]
+    assert "nodeId" in rejected["YmFkbm9kZQ=="]
+    assert "payload" in rejected[good[2]["eventId"]]
+    assert "object" in rejected[""]
+    # the accepted ones are in the spool, durable, before the answer
+    await collector.spool.seal()
+    [segment] = collector.spool.sealed()
+    groups = collector.spool.read(segment).groups
+    ids = [json.loads(line)["eventId"] for p in groups[(SESSION_NAME, HEAD_NODE_ID)] for line in bytes(p).splitlines()]
+    assert ids == [good[0]["eventId"], good[1]["eventId"], good[2]["eventId"]]
+
+
+async def test_a_body_that_is_not_an_array_of_events_is_a_400(collector, http):
+    async with http.post(url(collector, "/v1/events"), data=b'{"eventId": "x"') as resp:
+        assert resp.status == 400
+        assert "error" in await resp.json()
+
+
+async def test_a_body_over_the_limit_is_a_413_also_when_chunked(collector, http):
+    big = json.dumps(received_bodies()[0] * 200).encode()
+    assert len(big) > collector.settings.max_body_bytes
+    async with http.post(url(collector, "/v1/events"), data=big) as resp:
+        assert resp.status == 413
+
+    async def chunks():
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    async with http.post(url(collector, "/v1/events"), data=chunks()) as resp:
+        assert resp.status == 413
+    assert collector.spool.bytes == 0
+
+
+async def test_a_full_spool_answers_503_with_retry_after(collector, http):
+    body = received_bodies()[1]
+    status = 200
+    posts = 0
+    while status == 200:
+        async with http.post(url(collector, "/v1/events"), json=body) as resp:
+            status = resp.status
+            retry_after = resp.headers.get("Retry-After")
+        posts += 1
+        assert posts < 1000
+    assert status == 503 and int(retry_after) >= 1
+    assert collector.spool.bytes >= collector.settings.spool_max_bytes
+    # once the flusher has moved the spool to storage, the same POST is accepted again
+    assert await collector.flusher.flush_all()
+    async with http.post(url(collector, "/v1/events"), json=body) as resp:
+        assert resp.status == 200
+
+
+async def test_healthz_and_metrics(collector, http):
+    async with http.get(url(collector, "/healthz")) as resp:
+        assert resp.status == 200
+    async with http.post(url(collector, "/v1/events"), json=received_bodies()[0] + [{"eventId": "x"}]) as resp:
+        accepted = (await resp.json())["accepted"]
+    async with http.get(url(collector, "/metrics")) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert metrics["rayhistory_collector_events_received_total"] == accepted
+    assert metrics["rayhistory_collector_events_rejected_total"] == 1
+    assert metrics['rayhistory_collector_requests_total{status="200"}'] == 1
+    assert metrics["rayhistory_collector_spool_bytes"] > 0
+    for name in ("rayhistory_collector_events_flushed_total", "rayhistory_collector_log_bytes_uploaded_total"):
+        assert name in metrics
+
+
+async def test_after_shutdown_starts_posts_are_refused_and_everything_is_flushed(collector, http):
+    async with http.post(url(collector, "/v1/events"), json=received_bodies()[0]) as resp:
+        assert resp.status == 200
+    collector.ingest.accepting = False
+    async with http.post(url(collector, "/v1/events"), json=received_bodies()[1]) as resp:
+        assert resp.status == 503
+    assert await collector.shutdown() == 0
+    assert collector.spool.bytes == 0
