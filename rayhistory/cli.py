@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import json
 import sys
+from collections.abc import Callable
 
 from pydantic import Field
 
@@ -22,11 +23,13 @@ class MarkDeadSettings(CommonSettings):
     reason: str = Field("marked dead by hand", description="why, recorded in the index")
 
 
-# subcommand -> (module with `Settings` and `main(settings) -> int`, help)
+# subcommand -> (module with `Settings` and `main(settings) -> int`, help). A part's module is imported
+# only when that part runs: the collector sidecar must not pay for kopf and kubernetes.
 PARTS = {
     "collector": ("rayhistory.collector.main", "run the collector sidecar (event ingest, log upload)"),
     "server": ("rayhistory.server.main", "run the history server (Ray Dashboard API and UI)"),
     "operator": ("rayhistory.operator.main", "run the Kopf operator"),
+    "mark-dead": ("rayhistory.cli", "mark a cluster's sessions dead in the index (what the operator does)"),
 }
 
 
@@ -42,32 +45,30 @@ def _mark_dead(settings: MarkDeadSettings) -> int:
     return 0
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+def _runner(command: str) -> tuple[type[CommonSettings], Callable[[CommonSettings], int]]:
+    if command == "mark-dead":
+        return MarkDeadSettings, _mark_dead
+    module = importlib.import_module(PARTS[command][0])
+    return module.Settings, module.main
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """The parser, with the flags of `command` only (the others' modules stay unimported)."""
     parser = argparse.ArgumentParser(prog="rayhistory", description="Ray History Server for Kubernetes")
     parser.add_argument("--version", action="version", version=f"rayhistory {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    runners: dict = {}
-    for name, (module_name, help_text) in PARTS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:  # a part not built yet still shows in --help
-            p = sub.add_parser(name, help=f"{help_text} (unavailable: {exc})")
-            continue
-        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or "").strip().splitlines()[0])
-        add_settings_arguments(p, module.Settings)
-        runners[name] = (module.Settings, module.main)
-    p = sub.add_parser("mark-dead", help="mark a cluster's sessions dead in the index (what the operator does)")
-    add_settings_arguments(p, MarkDeadSettings)
-    runners["mark-dead"] = (MarkDeadSettings, _mark_dead)
-    return parser, runners
+    for name, (_, help_text) in PARTS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            add_settings_arguments(p, _runner(name)[0])
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, runners = build_parser()
-    args = parser.parse_args(argv)
-    if args.command not in runners:
-        parser.error(f"{args.command} is not available in this build")
-    settings_cls, run = runners[args.command]
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if a in PARTS), None)
+    args = build_parser(command).parse_args(argv)
+    settings_cls, run = _runner(args.command)
     try:
         settings = settings_from_args(settings_cls, args)
     except Exception as exc:  # pydantic ValidationError: say which setting is wrong, no traceback

@@ -106,40 +106,33 @@ class StateTransition(_Msg):
     timestamp: str = ""
 
 
-class TaskDefinition(_Msg):
+class _TaskSpec(_Msg):
+    """The fields TASK_DEFINITION and ACTOR_TASK_DEFINITION events share."""
+
     task_id: str = ""
     task_attempt: int = 0
-    task_type: str = "NORMAL_TASK"
     language: str = "PYTHON"
+    required_resources: dict[str, float] = {}
+    job_id: str = ""
+    parent_task_id: str = ""
+    placement_group_id: str = ""
+    ref_ids: dict[str, str] = {}
+    serialized_runtime_env: str = ""
+    call_site: str = ""
+    label_selector: dict[str, str] = {}
+    is_detached_actor: bool = False
+
+
+class TaskDefinition(_TaskSpec):
+    task_type: str = "NORMAL_TASK"
     task_func: FunctionDescriptor | None = None
     task_name: str = ""
-    required_resources: dict[str, float] = {}
-    job_id: str = ""
-    parent_task_id: str = ""
-    placement_group_id: str = ""
-    ref_ids: dict[str, str] = {}
-    serialized_runtime_env: str = ""
-    call_site: str = ""
-    label_selector: dict[str, str] = {}
-    is_detached_actor: bool = False
 
 
-class ActorTaskDefinition(_Msg):
-    task_id: str = ""
-    task_attempt: int = 0
-    language: str = "PYTHON"
+class ActorTaskDefinition(_TaskSpec):
     actor_func: FunctionDescriptor | None = None
     actor_task_name: str = ""
-    required_resources: dict[str, float] = {}
-    job_id: str = ""
     actor_id: str = ""
-    parent_task_id: str = ""
-    placement_group_id: str = ""
-    ref_ids: dict[str, str] = {}
-    serialized_runtime_env: str = ""
-    call_site: str = ""
-    label_selector: dict[str, str] = {}
-    is_detached_actor: bool = False
 
 
 class TaskLogInfo(_Msg):
@@ -420,16 +413,21 @@ def _event_id_of(raw: msgspec.Raw) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _decode_each(array: bytes) -> tuple[list[tuple[RayEvent, msgspec.Raw]], list[EventError]]:
+def _decode_each(array: bytes) -> tuple[list[tuple[int, RayEvent, msgspec.Raw]], list[EventError]]:
     """Slow path, taken only when a batch has a bad event: decode one by one to isolate it."""
-    raws = _raw_list.decode(array)
-    good: list[tuple[RayEvent, msgspec.Raw]] = []
+    good: list[tuple[int, RayEvent, msgspec.Raw]] = []
     errors: list[EventError] = []
-    for i, raw in enumerate(raws):
+    for i, raw in enumerate(_raw_list.decode(array)):
         try:
-            good.append((_event_decoder.decode(raw), raw))
+            event = _event_decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             errors.append(EventError(index=i, reason=str(exc), event_id=_event_id_of(raw)))
+            continue
+        reason = check_event(event)
+        if reason:
+            errors.append(EventError(index=i, reason=reason, event_id=event.event_id))
+        else:
+            good.append((i, event, raw))
     return good, errors
 
 
@@ -461,18 +459,7 @@ def _decode(data: bytes, keep_raw: bool) -> tuple[list[tuple[int, RayEvent, msgs
                 raw = raws[i]
             out.append((i, event, raw))
         return out, errors
-    pairs, errors = _decode_each(array)
-    index_of = {id(raw): i for i, raw in enumerate(_raw_list.decode(array))}
-    out = []
-    for event, raw in pairs:
-        i = index_of.get(id(raw), -1)
-        reason = check_event(event)
-        if reason:
-            errors.append(EventError(index=i, reason=reason, event_id=event.event_id))
-        else:
-            out.append((i, event, raw))
-    errors.sort(key=lambda e: e.index)
-    return out, errors
+    return _decode_each(array)
 
 
 def decode_events(data: bytes) -> DecodedBatch:

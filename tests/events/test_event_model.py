@@ -141,3 +141,15 @@ def test_accepted_events_are_one_compact_line_each():
 def test_a_body_that_is_not_json_is_one_error():
     decoded = ev.decode_events(b"{not json")
     assert decoded.events == [] and decoded.errors[0].index == -1
+
+
+def test_errors_keep_their_positions_when_a_batch_mixes_kinds_of_bad_events():
+    # one event that does not decode at all and one that decodes but fails the checks: both keep their index
+    good = _example("NODE_DEFINITION_EVENT")
+    undecodable = _example("TASK_LIFECYCLE_EVENT")
+    undecodable["taskLifecycleEvent"]["taskAttempt"] = "zero"
+    unroutable = _example("TASK_DEFINITION_EVENT")
+    unroutable["sessionName"] = "elsewhere"
+    decoded = ev.decode_events(json.dumps([undecodable, good, unroutable]).encode())
+    assert [e.index for e in decoded.errors] == [0, 2]
+    assert [e.event_id for e in decoded.events] == [good["eventId"]]

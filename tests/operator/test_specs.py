@@ -223,6 +223,7 @@ def test_collector_env_and_server_args_are_what_those_parts_read():
     """The contract with the other parts, checked against their own settings (a renamed flag fails here)."""
     from rayhistory.cli import build_parser
     from rayhistory.collector.main import Settings as CollectorSettings
+    from rayhistory.server.main import Settings as ServerSettings
     from rayhistory.config import env_name, settings_from_args
 
     h = history({"storage": {"url": "s3://b/p"}, "server": {"cacheMaxSessions": 9, "cacheMaxBytes": 123456789,
@@ -230,8 +231,7 @@ def test_collector_env_and_server_args_are_what_those_parts_read():
     spec = parse_spec(h["spec"])
     collector = specs.build_collector_container(spec, "demo", "ns", ("RayJob", "j"), True, "ray-logs")
     assert {e["name"] for e in collector["env"]} <= {env_name(f) for f in CollectorSettings.model_fields}
-    parser, runners = build_parser()
     args = specs.build_server_deployment_spec(h, spec)["spec"]["template"]["spec"]["containers"][0]["args"]
-    settings = settings_from_args(runners["server"][0], parser.parse_args(args))
+    settings = settings_from_args(ServerSettings, build_parser("server").parse_args(args))
     assert (settings.port, settings.internal_port) == (config.SERVER_PORT, config.SERVER_INTERNAL_PORT)
     assert (settings.cache_max_sessions, settings.cache_max_bytes, settings.load_timeout) == (9, 123456789, 33)
