@@ -116,7 +116,10 @@ def create_app(settings: Settings, store: Store | None = None) -> tuple[web.Appl
     routes.add_public_routes(public, state)
     ui.setup_ui(public, settings.dashboard_dir or None, state.load_state, routes.STATUS_PATH)
     # live sessions go to their cluster's own dashboard when Kubernetes says where it is (live_proxy.py)
-    live_proxy.setup_live_proxy(public, state.directory.current, store=state.store)
+    live_proxy.setup_live_proxy(
+        public, state.directory.current, store=state.store,
+        kubernetes={"auto": None, "on": True, "off": False}[settings.kubernetes],
+    )
     routes.add_internal_routes(internal, state)
     public.cleanup_ctx.append(state.lifetime)
     internal.cleanup_ctx.append(state.lifetime)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Literal
 
 from aiohttp import web
 from pydantic import Field, SecretStr
@@ -36,6 +37,10 @@ class Settings(CommonSettings):
         15.0, gt=0, description="seconds between reads of the session index; also how often live sessions refresh",
     )
     dashboard_dir: str = Field("", description="Ray dashboard build to serve (default: the one in the ray package)")
+    kubernetes: Literal["auto", "on", "off"] = Field(
+        "auto", description="use Kubernetes to find live clusters' dashboards and gone clusters: auto (in-cluster "
+        "credentials or KUBECONFIG when present), on (required), off (storage and mark-dead decide)",
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

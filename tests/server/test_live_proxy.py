@@ -226,8 +226,7 @@ async def test_sessions_of_gone_or_restarted_clusters_are_marked_dead_in_the_ind
 
 # ---- through the real server (create_app), Kubernetes found from a kubeconfig -------------------------
 
-async def test_server_proxies_live_sessions_and_marks_gone_ones_dead(kmock, live_dashboard, tmp_path, monkeypatch):
-    server, seen = live_dashboard
+def use_kmock_kubeconfig(kmock, tmp_path, monkeypatch) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
@@ -237,6 +236,11 @@ async def test_server_proxies_live_sessions_and_marks_gone_ones_dead(kmock, live
     }))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+async def test_server_proxies_live_sessions_and_marks_gone_ones_dead(kmock, live_dashboard, tmp_path, monkeypatch):
+    server, seen = live_dashboard
+    use_kmock_kubeconfig(kmock, tmp_path, monkeypatch)
     add_raycluster(kmock, "raycluster-a", server.port)
     store_url = f"file://{tmp_path / 'store'}"
     store = Store(store_url)
@@ -265,3 +269,18 @@ async def test_server_proxies_live_sessions_and_marks_gone_ones_dead(kmock, live
             await asyncio.sleep(0.1)
         assert states == {"raycluster-a": "live", "deleted-cluster": "dead"}
         assert len(seen) == 2
+
+
+async def test_kubernetes_off_serves_live_sessions_from_storage_even_with_a_kubeconfig(
+    kmock, live_dashboard, tmp_path, monkeypatch,
+):
+    server, seen = live_dashboard
+    use_kmock_kubeconfig(kmock, tmp_path, monkeypatch)
+    add_raycluster(kmock, "raycluster-a", server.port)
+    store_url = f"file://{tmp_path / 'store'}"
+    running = await write_fixture_session(Store(store_url), fixture_ref("ray", "raycluster-a"), dead=False)
+    public, _ = create_app(Settings(storage=store_url, kubernetes="off"))
+    async with TestClient(TestServer(public)) as client:
+        resp = await client.get(f"/s/ray/raycluster-a/{running.session}/api/jobs/")
+        assert resp.status == 200 and resp.headers[lp.SOURCE_HEADER] == "storage"
+    assert seen == []
