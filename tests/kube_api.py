@@ -489,3 +489,9 @@ def write_kubeconfig(path: str, server_url: str) -> str:
             "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
         }, fh)
     return path
+
+
+def use_kmock_kubeconfig(kmock: Any, tmp_path: Any, monkeypatch: Any) -> None:
+    """Point the kubernetes client (in-process, read at call time) at kmock's own emulator fixture."""
+    monkeypatch.setenv("KUBECONFIG", write_kubeconfig(str(tmp_path / "kubeconfig"), str(kmock.url).rstrip("/")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

@@ -20,6 +20,7 @@ from rayhistory.layout import IndexKind, SessionRef
 from rayhistory.server import live_proxy as lp
 from rayhistory.store import Store
 from tests.e2e import ray_cluster
+from tests.kube_api import use_kmock_kubeconfig
 from tests.e2e.browser import browser, running_server, screenshot_on_failure, session_url, shot  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -49,15 +50,7 @@ async def test_live_session_is_the_running_clusters_own_dashboard(ray_head, kmoc
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "live-cluster-head-svc", "namespace": "ray"},
         "spec": {"clusterIP": "127.0.0.1", "ports": [{"name": "dashboard", "port": dashboard_port}]},
     }
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
-        "users": [{"name": "test", "user": {"token": "not-checked"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
-    }))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    use_kmock_kubeconfig(kmock, tmp_path, monkeypatch)
 
     # the collector's `live` index record for the head's session (what it writes on first sight)
     store_url = f"file://{tmp_path / 'store'}"

@@ -10,7 +10,6 @@ tests/server and tests/e2e.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from aiohttp import web
@@ -25,6 +24,7 @@ from rayhistory.server.app import create_app
 from rayhistory.server.main import Settings
 from rayhistory.store import Store
 from tests.conftest import SESSION_NAME, api_answer, free_port
+from tests.kube_api import use_kmock_kubeconfig
 from tests.server.fixture_store import fixture_ref, write_fixture_session
 
 NEWER_SESSION = "session_2026-11-24_08-00-00_000001_42"
@@ -225,18 +225,6 @@ async def test_sessions_of_gone_or_restarted_clusters_are_marked_dead_in_the_ind
 
 
 # ---- through the real server (create_app), Kubernetes found from a kubeconfig -------------------------
-
-def use_kmock_kubeconfig(kmock, tmp_path, monkeypatch) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
-        "users": [{"name": "test", "user": {"token": "not-checked"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
-    }))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-
 
 async def test_server_proxies_live_sessions_and_marks_gone_ones_dead(kmock, live_dashboard, tmp_path, monkeypatch):
     server, seen = live_dashboard
