@@ -898,11 +898,16 @@ def _driver_worker_rows(s: Snapshot) -> list[dict]:
         transitions = dict(task_transitions(t))
         alive = t.state != FINISHED and not s.dead
         end_ms = 0 if alive else (transitions.get(FINISHED, 0) // 1_000_000 or s.end_ms)
+        exit_type, exit_detail = None, None
+        if t.state == FINISHED:
+            exit_type, exit_detail = "INTENDED_USER_EXIT", "Shutdown by ray.shutdown()."
+        elif not alive:  # still running when the session ended: shown like any worker alive at the end
+            exit_type, exit_detail = "SYSTEM_ERROR", SESSION_ENDED
         rows.append({
             "worker_id": job_id + "ff" * 24, "is_alive": alive, "worker_type": "DRIVER",
-            "exit_type": None if alive else "INTENDED_USER_EXIT", "node_id": node_id, "ip": _node_ip(s, node_id),
+            "exit_type": exit_type, "node_id": node_id, "ip": _node_ip(s, node_id),
             "pid": job.driver_pid if job else t.worker_pid,
-            "exit_detail": None if alive else "Shutdown by ray.shutdown().",
+            "exit_detail": exit_detail,
             "worker_launch_time_ms": _UNSET_MS, "worker_launched_time_ms": _UNSET_MS,
             "start_time_ms": transitions.get(_RUNNING, 0) // 1_000_000, "end_time_ms": end_ms,
             "debugger_port": None, "num_paused_threads": None,

@@ -331,12 +331,14 @@ def _merge_fields(into: dict, other: dict) -> None:
 
 
 def _func_name(descriptor) -> str:
-    """Ray's CallString(): Class.function, or function."""
+    """Ray's CallString(): Class.function, or function, each the last dotted part of its name (a lambda in
+    a list comprehension is `<listcomp>.<lambda>` in the event and `<lambda>` on the live dashboard)."""
     if descriptor is None:
         return ""
     py = descriptor.python_function_descriptor
     if py is not None:
-        return f"{py.class_name}.{py.function_name}" if py.class_name else py.function_name
+        function = py.function_name.rsplit(".", 1)[-1]
+        return f"{py.class_name.rsplit('.', 1)[-1]}.{function}" if py.class_name else function
     other = descriptor.java_function_descriptor or descriptor.cpp_function_descriptor or {}
     return ".".join(v for k, v in sorted(other.items()) if k.endswith("Name") and v)
 

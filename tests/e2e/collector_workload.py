@@ -3,7 +3,8 @@
     python collector_workload.py full DASHBOARD_URL   normal, multi-return and nested tasks, a failing task,
                                                       actors (one whose constructor fails, one killed, one with a
                                                       failing method), a placement group, and a job submitted
-                                                      through the Job Submission API; prints a JSON summary
+                                                      through the Job Submission API; leaves a detached actor and
+                                                      a detached placement group alive; prints a JSON summary
     python collector_workload.py stream SECONDS       small tasks in waves for SECONDS: a steady event stream
 """
 
@@ -31,6 +32,7 @@ def child(x):
 
 @ray.remote
 def parent(x):
+    print(f"parent({x}) asks two children")  # a task log line the pipeline test reads back
     return sum(ray.get([child.remote(x), child.remote(x + 1)]))
 
 
@@ -90,6 +92,11 @@ def full(dashboard_url: str) -> dict:
     pg = placement_group([{"CPU": 0.5}], strategy="PACK", name="e2e_pg")
     ray.get(pg.ready())
     remove_placement_group(pg)
+    # left alive at `ray stop`, for the pipeline test (docs/dead-sessions.md: how a dead session shows them)
+    keeper = Counter.options(name="detached_actor", lifetime="detached").remote()
+    ray.get(keeper.incr.remote())
+    kept_pg = placement_group([{"CPU": 0.1}], strategy="PACK", name="e2e_pg_kept", lifetime="detached")
+    ray.get(kept_pg.ready())
 
     client = JobSubmissionClient(dashboard_url)
     entrypoint = (f"{sys.executable} -c \"import ray; ray.init(); "

@@ -5,7 +5,10 @@ One Ray head serves the whole module (starting one costs ~10 s of both cores). R
 to a relay in this process, which forwards each POST to the collector under test and records the eventIds
 of every POST the collector answered 200: that record is the ground truth of "acknowledged". While no
 collector is up the relay answers 502 and Ray's agent retries, as it would against a restarting sidecar.
-The test that ends with `ray stop` runs last.
+The relay also mirrors every POST a test's collector took to one more collector that runs for the whole
+module (`pipeline_collector`): its store holds the whole session from `ray start` to `ray stop`, as a
+sidecar's would, and the last test serves it with `rayhistory server` against the live dashboard's answers.
+The test that ends with `ray stop` runs after the collector tests; the pipeline test runs last.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -32,11 +37,17 @@ from tests.collector.process import CollectorProcess
 from tests.collector.storage_view import session_info, stored_endpoints, stored_events, stored_logs
 from tests.conftest import TEST_OUTPUT, free_port
 from tests.e2e import ray_cluster
+from tests.server.fixture_store import running_server
+from tests.server.test_ground_truth import diff, unexplained  # the ground-truth suite's comparison and allow-list
 
 pytestmark = pytest.mark.slow
 
 WORKLOAD = Path(__file__).parent / "collector_workload.py"
 NS, CLUSTER = "e2e", "raycluster"
+# the live dashboard answers the pipeline test compares the history server's with
+PIPELINE_PATHS = ("/api/v0/tasks?detail=1&limit=10000", "/api/v0/actors?detail=1&limit=10000", "/api/jobs/",
+                  "/api/v0/nodes?detail=1&limit=10000", "/api/v0/placement_groups?detail=1&limit=10000",
+                  "/api/v0/workers?detail=1&limit=10000")
 
 
 class RecordingRelay:
@@ -45,6 +56,7 @@ class RecordingRelay:
     def __init__(self) -> None:
         self.port = free_port()
         self.target: str | None = None
+        self.mirror: str | None = None  # the pipeline collector, when it runs
         self.acked: set[str] = set()
         self.rejected: list[dict] = []
         self.last_ack = time.monotonic()
@@ -64,6 +76,9 @@ class RecordingRelay:
                 status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             return web.Response(status=502, text=repr(exc))
+        if status == 200 and self.mirror is not None and not await self._mirrored(body):
+            # the pipeline collector must get every event too: Ray sends again what was not taken
+            return web.Response(status=502, text="the pipeline collector did not take the batch")
         if status == 200 and self.target == target:
             parsed = json.loads(answer)
             rejected = {r["eventId"] for r in parsed["rejected"]}
@@ -71,6 +86,14 @@ class RecordingRelay:
             self.acked.update(e["eventId"] for e in json.loads(body) if e["eventId"] not in rejected)
             self.last_ack = time.monotonic()
         return web.Response(status=status, body=answer, content_type="application/json")
+
+    async def _mirrored(self, body: bytes) -> bool:
+        try:
+            async with self._http.post(self.mirror + "/v1/events", data=body,
+                                       headers={"Content-Type": "application/json"}) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
 
     async def _start(self) -> None:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
@@ -127,8 +150,35 @@ def cluster(relay):
         c.cleanup()
 
 
+@pytest.fixture(scope="module")
+def pipeline_collector(tmp_path_factory, relay, cluster):
+    """A collector for the whole module, polling the dashboard like the head's sidecar, fed by the relay's
+    mirror from before Ray's first POST is taken; the full-workload test stops it (SIGTERM) after `ray stop`."""
+    root = tmp_path_factory.mktemp("pipeline")
+    storage = f"file://{root}/store"
+    proc = CollectorProcess(storage, root / "spool", cluster.temp_dir, namespace=NS, cluster_name=CLUSTER,
+                            flush_interval=1, log_upload_interval=2, shutdown_grace=60,
+                            dashboard_url=cluster.dashboard_url).start()
+    relay.mirror = proc.url
+    try:
+        yield storage, proc
+    finally:
+        relay.mirror = None
+        proc.server.stop()
+        out = TEST_OUTPUT / "collector_e2e"
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(proc.server.log_path, out / "pipeline-collector.log")
+        proc.cleanup()
+
+
+@pytest.fixture(scope="module")
+def finished_run() -> dict:
+    """What the full-workload test leaves for the pipeline test: storage, session, the live answers."""
+    return {}
+
+
 @pytest.fixture
-def collectors(request, tmp_path, cluster):
+def collectors(request, tmp_path, cluster, pipeline_collector):
     """Starts collectors for one test; every one is stopped at the end, whatever happens, and its log kept
     in test-output/collector_e2e/."""
     started: list[CollectorProcess] = []
@@ -246,7 +296,8 @@ async def test_storage_outage_mid_run_loses_nothing(tmp_path, cluster, relay, co
         assert metrics['rayhistory_collector_upload_retries_total{kind="events"}'] > 0
 
 
-async def test_workload_then_ray_stop_then_sigterm_stores_everything(tmp_path, cluster, relay, collectors):
+async def test_workload_then_ray_stop_then_sigterm_stores_everything(tmp_path, cluster, relay, collectors,
+                                                                     pipeline_collector, finished_run):
     storage = f"file://{tmp_path}/store"
     collector = collectors(storage, dashboard_url=cluster.dashboard_url)
     relay.reset()
@@ -254,14 +305,21 @@ async def test_workload_then_ray_stop_then_sigterm_stores_everything(tmp_path, c
     summary = run_workload(cluster, "full", cluster.dashboard_url)
     assert summary["submission_status"] == "SUCCEEDED", summary
     relay.wait_quiet()
+    # the live dashboard's answers, the ground truth of the pipeline test below (and of this one's checks)
+    live_answers = {path: json.loads(dashboard_get(cluster, path)) for path in PIPELINE_PATHS}
     live = {
-        "tasks": json.loads(dashboard_get(cluster, "/api/v0/tasks?detail=1&limit=10000"))["data"]["result"]["result"],
-        "actors": json.loads(dashboard_get(cluster, "/api/v0/actors?detail=1&limit=10000"))["data"]["result"]["result"],
-        "jobs": json.loads(dashboard_get(cluster, "/api/jobs/")),
+        "tasks": live_answers["/api/v0/tasks?detail=1&limit=10000"]["data"]["result"]["result"],
+        "actors": live_answers["/api/v0/actors?detail=1&limit=10000"]["data"]["result"]["result"],
+        "jobs": live_answers["/api/jobs/"],
     }
+    log_task = next(t for t in live["tasks"] if t["job_id"] == summary["job_id"] and t["func_or_class_name"] == "parent"
+                    and t["state"] == "FINISHED")
+    log_path = f"/api/v0/logs/file?task_id={log_task['task_id']}&suffix=out"
+    live_log = dashboard_get(cluster, log_path)
     out = TEST_OUTPUT / "collector_e2e"
     out.mkdir(parents=True, exist_ok=True)
     (out / "live_dashboard_lists.json").write_text(json.dumps(live, indent=1))
+    (out / "live_dashboard_answers.json").write_text(json.dumps({**live_answers, log_path: live_log.decode()}, indent=1))
     time.sleep(3)  # one more dashboard poll by the collector after the workload
 
     cluster.stop()  # `ray stop`
@@ -269,6 +327,8 @@ async def test_workload_then_ray_stop_then_sigterm_stores_everything(tmp_path, c
     sizes_after_stop = {str(p.relative_to(logs_dir)): p.stat().st_size for p in logs_dir.rglob("*")
                         if p.is_file() and not p.is_symlink()}
     assert collector.terminate() == 0, collector.log_tail()
+    pipeline_storage, pipeline_proc = pipeline_collector
+    assert pipeline_proc.terminate() == 0, pipeline_proc.log_tail()
     relay.serve(None)
 
     store = Store(storage)
@@ -320,3 +380,116 @@ async def test_workload_then_ray_stop_then_sigterm_stores_everything(tmp_path, c
 
     info = await session_info(store, ref)
     assert info.state == "live" and info.node_ids == [node_id] and info.flushed_node_ids == [node_id]
+    finished_run.update(storage=pipeline_storage, ref=ref, live=live_answers, log_path=log_path,
+                        live_log=live_log)
+
+
+# ---- the whole pipeline: the history server's answers against the live dashboard's -------------------------
+
+def _rows(path: str, body) -> list[dict]:
+    return body if path == "/api/jobs/" else body["data"]["result"]["result"]
+
+
+def _row_key(row: dict) -> str:
+    return json.dumps([row.get(k) for k in ("task_id", "attempt_number", "actor_id", "worker_id", "node_id",
+                                            "placement_group_id", "submission_id", "job_id")])
+
+
+def _documented_end(path: str, row: dict, end_ms: int, dead_row: dict) -> dict | None:
+    """The row as docs/dead-sessions.md says a dead session shows it, if it was alive at the end; None if it
+    was not (then it must be unchanged). Free texts (messages, causes) must be there; their wording is the
+    server's."""
+    def text(field: str):
+        value = dead_row.get(field)
+        return value if value else f"<{field} missing>"
+
+    if path.startswith("/api/v0/nodes") and row["state"] == "ALIVE":
+        message = text("state_message")
+        return {**row, "state": "DEAD", "end_time_ms": end_ms,
+                "state_message": message if message.startswith("Expected termination: ") else "<Expected termination>"}
+    if path.startswith("/api/v0/actors") and row["state"] != "DEAD":
+        return {**row, "state": "DEAD", "death_cause": text("death_cause")}  # this list has no end time
+    if path.startswith("/api/v0/workers") and row["is_alive"]:
+        return {**row, "is_alive": False, "end_time_ms": end_ms, "exit_type": "SYSTEM_ERROR",
+                "exit_detail": text("exit_detail")}
+    if path == "/api/jobs/" and row["status"] in ("PENDING", "RUNNING"):
+        return {**row, "status": "FAILED", "end_time": row.get("end_time") or end_ms, "message": text("message")}
+    if path.startswith("/api/v0/tasks") and row["state"] not in ("FINISHED", "FAILED"):
+        return {**row, "state": "FAILED", "end_time_ms": end_ms, "error_type": "WORKER_DIED",
+                "error_message": text("error_message"),
+                "events": row["events"] + [{"state": "FAILED", "created_ms": float(end_ms)}]}
+    if path.startswith("/api/v0/placement_groups") and row["state"] != "REMOVED":
+        return {**row, "state": "REMOVED"}
+    return None
+
+
+async def _server_answers(store: Store, ref: SessionRef, paths) -> tuple[dict, dict]:
+    """The real history server (create_app, both ports on 127.0.0.1) over `store`: (JSON answers, raw answers).
+    Kubernetes off: no cluster to proxy to, the session is served from storage (live_proxy.py)."""
+    json_answers, raw_answers = {}, {}
+    async with running_server(store, kubernetes="off") as (client, _, _state):
+        for path in paths:
+            resp = await client.get(f"/s/{ref.tail}{path}")
+            body = await resp.read()
+            assert resp.status == 200, (path, resp.status, body[:500])
+            raw_answers[path] = (resp.headers.get("X-Rayhistory-Session-State"), body)
+            if resp.content_type == "application/json":
+                json_answers[path] = json.loads(body)
+    return json_answers, raw_answers
+
+
+async def test_history_server_answers_like_the_live_dashboard(finished_run):
+    """Ray head → collector → file:// store → `rayhistory server`, against the live dashboard of the same run.
+
+    (1) The session as stored (not marked dead) is answered like the live dashboard answered before `ray stop`,
+    field by field, modulo the one allow-list of the ground-truth suite (tests/server/test_ground_truth.py).
+    (2) After `rayhistory mark-dead`, what was alive at the end shows as docs/dead-sessions.md says; every
+    other row is unchanged. (3) A task's log, served from the stored log parts, is what the live head served.
+    """
+    if not finished_run:
+        pytest.skip("runs on what test_workload_then_ray_stop_then_sigterm_stores_everything left (same module)")
+    store, ref, live = Store(finished_run["storage"]), finished_run["ref"], finished_run["live"]
+    out = TEST_OUTPUT / "collector_e2e"
+    paths = [*PIPELINE_PATHS, finished_run["log_path"]]
+
+    stored, raw = await _server_answers(store, ref, paths)
+    (out / "server_answers_live_session.json").write_text(json.dumps(stored, indent=1))
+    assert {state for state, _ in raw.values()} == {"live"}
+    for path in PIPELINE_PATHS:
+        assert unexplained(path, diff(live[path], stored[path])) == [], path
+    assert len(_rows("/api/v0/tasks", stored[PIPELINE_PATHS[0]])) >= 35
+
+    live_log, served_log = finished_run["live_log"], raw[finished_run["log_path"]][1]
+    assert b"asks two children" in live_log
+    assert served_log == live_log or live_log in served_log
+
+    marked = subprocess.run([sys.executable, "-m", "rayhistory", "mark-dead", "--storage", finished_run["storage"],
+                             "--namespace", NS, "--cluster", CLUSTER, "--session", ref.session,
+                             "--reason", "e2e pipeline test"], capture_output=True, text=True, timeout=60)
+    assert marked.returncode == 0, marked.stderr
+    assert json.loads(marked.stdout.splitlines()[-1]) == {"marked_dead": [ref.session]}
+    info = await session_info(store, ref)
+    assert info.state == "dead" and info.end_ms
+
+    dead, raw = await _server_answers(store, ref, paths)
+    (out / "server_answers_dead_session.json").write_text(json.dumps(dead, indent=1))
+    assert {state for state, _ in raw.values()} == {"dead"}
+    assert raw[finished_run["log_path"]][1] == served_log
+    ended: dict[str, int] = {}
+    for path in PIPELINE_PATHS:
+        dead_rows = {_row_key(r): r for r in _rows(path, dead[path])}
+        expected_rows = []
+        for row in _rows(path, stored[path]):
+            documented = _documented_end(path, row, info.end_ms, dead_rows.get(_row_key(row), {}))
+            ended[path] = ended.get(path, 0) + (documented is not None)
+            expected_rows.append(documented or row)
+        expected = expected_rows if path == "/api/jobs/" else \
+            {**stored[path], "data": {**stored[path]["data"], "result": {**stored[path]["data"]["result"],
+                                                                          "result": expected_rows}}}
+        assert diff(expected, dead[path]) == [], path
+    # alive at the end of this run: the head node, the workload's detached actor, its worker and detached
+    # placement group, Ray's internal drivers (the workload's own driver and actors ended with it)
+    assert ended["/api/v0/nodes?detail=1&limit=10000"] == 1
+    assert ended["/api/v0/actors?detail=1&limit=10000"] == 1
+    assert ended["/api/v0/placement_groups?detail=1&limit=10000"] == 1
+    assert ended["/api/v0/workers?detail=1&limit=10000"] >= 2

@@ -45,6 +45,8 @@ class Allowed:
     field: str  # fnmatch glob on the JSON path ("/data/result/result/<id>/field"); "" is the status line
     reason: str
     tolerance: float = 0.0  # numbers may differ by this much; 0 means any difference is allowed
+    ours: int | None = None  # when set: only a difference where our answer is this value
+    varies: bool = False  # happens in some runs only (a clock read 1 ms apart): no run proves it is needed
 
 
 _PROCESS = "live process metrics (CPU, memory, disks, cmdline...) come from the running node; nothing records them"
@@ -82,8 +84,14 @@ ALLOWED: list[Allowed] = [
     Allowed(_ACTOR_VIEWS, "*/endTime", _GCS_CLOCK, tolerance=3),
     Allowed(r"^/api/v0/workers", "/data/result/result/0*ffffffff*/start_time_ms", _GCS_CLOCK, tolerance=3),
     Allowed(r"^/api/v0/workers", "/data/result/result/0*ffffffff*/end_time_ms", _GCS_CLOCK, tolerance=3),
-    Allowed(r"^/api/v0/workers", "/data/result/result/0[24]000000ff*/pid",
-            "Ray's internal drivers (dashboard agent, DataHead...) get no DRIVER_JOB events: nothing carries their pid"),
+    # equal in the fixture run; 1 ms apart in some runs of tests/e2e/test_collector_ray.py's pipeline test
+    Allowed(r"^/api/jobs/", "*/start_time", _GCS_CLOCK, tolerance=3, varies=True),
+    Allowed(r"^/api/jobs/", "*/end_time", _GCS_CLOCK, tolerance=3, varies=True),
+    # driver rows (worker id = job id + ff...) whose pid we answer 0: 02/04000000 here, other numbers in the
+    # collector's end-to-end run (tests/e2e/test_collector_ray.py), which compares against this list too
+    Allowed(r"^/api/v0/workers", "/data/result/result/*" + "ff" * 24 + "/pid",
+            "Ray's internal drivers (dashboard agent, DataHead...) get no DRIVER_JOB events: nothing carries their pid",
+            ours=0),
     Allowed(r"^/api/v0/workers", "/data/result/result/0[56]000000ff*",
             "drivers 05000000/06000000 were started by the capture itself, after this endpoint was read"),
     Allowed(r"^/api/v0/workers", "/data/result/total", "counts those two drivers too"),
@@ -222,6 +230,8 @@ def diff(live, ours, path: str = "") -> list[tuple[str, object, object]]:
 def _explains(allowed: Allowed, request: str, field: str, live, ours) -> bool:
     if not re.search(allowed.path, request) or not fnmatch.fnmatchcase(field, allowed.field or ""):
         return False
+    if allowed.ours is not None and ours != allowed.ours:
+        return False
     return not allowed.tolerance or (isinstance(live, (int, float)) and isinstance(ours, (int, float))
                                      and abs(live - ours) <= allowed.tolerance)
 
@@ -299,7 +309,7 @@ def test_every_allowed_difference_is_needed(snapshot):
     for entry in LOG_REQUESTS:
         if entry["status"] != 200:
             used.update(a for a in ALLOWED if re.search(a.path, entry["path"]) and a.field == "")
-    assert [a for a in ALLOWED if a not in used] == []
+    assert [a for a in ALLOWED if a not in used and not a.varies] == []
 
 
 def test_head_probe_of_platform_events(snapshot):
