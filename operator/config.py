@@ -76,6 +76,7 @@ class Settings(CommonSettings):
     prewarm_token: str = Field("", description="bearer token for the server's /internal/prewarm")
     prewarm_timeout: float = Field(10.0, description="seconds one pre-warm call may take")
     liveness_port: int = Field(8090, description="port of the operator's /healthz (0 disables it)")
+    metrics_port: int = Field(8091, description="port of the operator's Prometheus /metrics (0 disables it)")
     standalone: bool = Field(True, description="run without Kopf peering (one operator replica)")
 
     def watched_namespaces(self) -> list[str]:

@@ -58,6 +58,7 @@ class FlushPending(Exception):
 class Recorded:
     marked: list[SessionInfo]
     reason: str
+    flushed: bool  # every collector confirmed its final flush (else the deadline ended the wait)
 
 
 async def record_cluster(store: Store, namespace: str, cluster: str, deadline_reached: bool) -> Recorded:
@@ -70,4 +71,4 @@ async def record_cluster(store: Store, namespace: str, cluster: str, deadline_re
     marked = await mark_dead(store, namespace, cluster, None, reason)
     log.info("cluster recorded", extra={"namespace": namespace, "cluster": cluster, "reason": reason,
                                         "sessions": [s.session for s in marked]})
-    return Recorded(marked, reason)
+    return Recorded(marked, reason, flushed=not pending)

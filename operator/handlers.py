@@ -16,6 +16,7 @@ from . import config, finalizer, injection, reconcile, retention
 from .config import Settings
 from .history import HistorySpec, parse_spec, server_service_url
 from .kube import Kube, object_path
+from .metrics import OperatorMetrics
 from .prewarm import prewarm
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ class Handlers:
         self.settings = settings
         self._kube: Kube | None = None
         self._stores: dict[tuple[str, str], Store] = {}
+        self.metrics = OperatorMetrics()
+        self._metrics_runner = None
 
     @property
     def kube(self) -> Kube:
@@ -55,9 +58,11 @@ class Handlers:
         try:
             history_spec = parse_spec(dict(spec))
         except ValueError as exc:
+            self.metrics.reconciles.labels("invalid").inc()
             patch.status["conditions"] = [reconcile.ready_condition(False, "InvalidSpec", str(exc)[:1000])]
             raise kopf.PermanentError(f"invalid RayHistory spec: {exc}") from exc
         status = await reconcile.reconcile(self.kube, dict(body), history_spec)
+        self.metrics.reconciles.labels("ok").inc()
         patch.status.update(status)
 
     async def remove_history(self, body: kopf.Body, **_: Any) -> None:
@@ -69,6 +74,8 @@ class Handlers:
             self.store(history_spec), history_spec.retention, layout.now_ms(),
             int(self.settings.superseded_grace * 1000),
         )
+        self.metrics.retention_sessions_removed.inc(len(run.deleted))
+        self.metrics.retention_objects_removed.inc(run.deleted_objects)
         patch.status["sessionsRecorded"] = run.sessions_recorded
         patch.status["retention"] = {
             "lastRun": reconcile.now_rfc3339(),
@@ -93,9 +100,13 @@ class Handlers:
         changes, note = injection.admission_patch(dict(body), known)
         if changes is None:
             if note.startswith("rayhistory:"):
+                self.metrics.admissions.labels("skipped").inc()
                 warnings.append(note)
                 log.warning("injection skipped", extra={"cluster": body.get("metadata", {}).get("name"), "why": note})
+            else:
+                self.metrics.admissions.labels("unchanged").inc()
             return
+        self.metrics.admissions.labels("injected").inc()
         patch.metadata.setdefault("annotations", {}).update(changes["metadata"]["annotations"])
         patch.metadata["finalizers"] = changes["metadata"]["finalizers"]
         patch.spec.update(changes["spec"])
@@ -117,19 +128,36 @@ class Handlers:
         try:
             recorded = await finalizer.record_cluster(self.store(history_spec), namespace, name, reached)
         except finalizer.FlushPending as exc:
+            self.metrics.flush_waits.inc()
             raise kopf.TemporaryError(str(exc), delay=self.settings.finalizer_poll_interval) from exc
+        self.metrics.clusters_recorded.labels("flushed" if recorded.flushed else "deadline").inc()
+        self.metrics.sessions_marked_dead.inc(len(recorded.marked))
         hmeta = history["metadata"]
         results = await prewarm(self.prewarm_url(hmeta["name"], hmeta["namespace"]), self.settings.prewarm_token,
                                 [s.ref for s in recorded.marked], self.settings.prewarm_timeout)
+        for status in results.values():
+            self.metrics.prewarms.labels("ok" if status in (200, 202) else "failed").inc()
         # An event, not a return value: Kopf would store a result in the status, which belongs to KubeRay.
         kopf.info(body, reason="Recorded", message=(
             f"{len(recorded.marked)} session(s) marked dead in {hmeta['namespace']}/{hmeta['name']} "
             f"({recorded.reason}); pre-warm: {results}"))
 
+    # ---- the metrics endpoint, in the operator's loop -------------------------------------------
+
+    async def start_metrics(self, **_: Any) -> None:
+        if self.settings.metrics_port:
+            self._metrics_runner = await self.metrics.serve("0.0.0.0", self.settings.metrics_port)
+
+    async def stop_metrics(self, **_: Any) -> None:
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+
     # ---- registration ---------------------------------------------------------------------------
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
         s = self.settings
+        kopf.on.startup(id="metrics", registry=registry)(self.start_metrics)
+        kopf.on.cleanup(id="metrics", registry=registry)(self.stop_metrics)
         kopf.index(*HISTORY, id="histories", registry=registry)(self.index_histories)
         kopf.on.create(*HISTORY, id="reconcile", registry=registry)(self.reconcile)
         kopf.on.update(*HISTORY, id="reconcile", field="spec", registry=registry)(self.reconcile)

@@ -25,10 +25,11 @@ def test_operator_process_starts_and_stops(tmp_path):
         api.declare("rayhistory.io/v1alpha1/rayhistories", "RayHistory", True, ("status",))
         api.declare("ray.io/v1/rayclusters", "RayCluster", True, ("status",))
         kubeconfig = write_kubeconfig(str(tmp_path / "kubeconfig"), url)
-        health, webhook = free_port(), free_port()
+        health, webhook, metrics = free_port(), free_port(), free_port()
         log = open(tmp_path / "operator.log", "wb")
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "rayhistory"), "operator", "--liveness-port", str(health),
+             "--metrics-port", str(metrics),
              "--webhook-addr", "127.0.0.1", "--webhook-port", str(webhook),
              "--webhook-cert-dir", str(tmp_path / "no-certs"), "--log-format", "text"],
             env={"KUBECONFIG": kubeconfig, "PATH": "/usr/bin:/bin"}, stdout=log, stderr=subprocess.STDOUT,
@@ -50,6 +51,8 @@ def test_operator_process_starts_and_stops(tmp_path):
             with pytest.raises(urllib.error.HTTPError) as bad:
                 urllib.request.urlopen(request, context=context, timeout=5)
             assert bad.value.code == 400  # reached Kopf's admission handler, which rejects a non-review
+            scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+            assert "# TYPE rayhistory_operator_admissions_total counter" in scraped
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
             # It watched what it handles, cluster-wide.

@@ -195,7 +195,9 @@ def env(tmp_module: Path, webhook_cert_dir: Path, s3: RunningBackend, server: st
             finalizer_deadline=FINALIZER_DEADLINE, finalizer_poll_interval=0.5, retention_interval=1.0,
             superseded_grace=365 * 86400.0,  # head-restart closing is tested in test_retention.py; not here
             prewarm_url=server, prewarm_token=TOKEN, prewarm_timeout=5.0, liveness_port=0,
+            metrics_port=free_port(),
         )
+        e.settings = settings
         args = kopf_run_args(settings)
         with KopfRunner(args, registry=build_registry(settings), settings=build_kopf_settings(settings),
                         timeout=60) as runner:
@@ -385,6 +387,19 @@ def test_deletion_never_waits_past_the_deadline(env: Env, history: dict):
     info = env.sessions("stuck")[ref.session]
     assert info.state == "dead"
     assert "final flush not confirmed before the deadline" in info.dead_reason and NODE_WORKER[:12] in info.dead_reason
+
+
+def test_metrics_count_what_the_operator_did(env: Env, history: dict):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{env.settings.metrics_port}/metrics", timeout=5).read().decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    # the tests above: clusters injected, one recorded after its collectors flushed, one at the deadline
+    assert samples['rayhistory_operator_admissions_total{result="injected"}'] >= 2
+    assert samples['rayhistory_operator_clusters_recorded_total{reason="flushed"}'] >= 1
+    assert samples['rayhistory_operator_clusters_recorded_total{reason="deadline"}'] >= 1
+    assert samples['rayhistory_operator_sessions_marked_dead_total'] >= 3
+    assert samples['rayhistory_operator_prewarms_total{result="ok"}'] >= 1
+    assert samples['rayhistory_operator_reconciles_total{result="ok"}'] >= 1
 
 
 # ---- retention ----------------------------------------------------------------------------------
