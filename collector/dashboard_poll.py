@@ -104,11 +104,3 @@ class DashboardPoller:
                 self._last_digest[(session, endpoint)] = digest
                 self.metrics.endpoint_polls.labels(endpoint, "stored").inc()
         return ok
-
-    async def run(self, interval: float, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            await self.poll_once()
-            try:
-                await asyncio.wait_for(stopping.wait(), interval)
-            except asyncio.TimeoutError:
-                pass

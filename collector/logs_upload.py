@@ -248,11 +248,3 @@ class LogUploader:
             state[relpath] = FileState(plan.generation, st.st_ino, offset, st.st_mtime_ns, zlib.crc32(tail))
             self.metrics.log_bytes_uploaded.inc(len(data))
         return offset - plan.offset
-
-    async def run(self, interval: float, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            await self.upload_cycle()
-            try:
-                await asyncio.wait_for(stopping.wait(), interval)
-            except asyncio.TimeoutError:
-                pass

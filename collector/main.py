@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,16 @@ from .registry import SessionRegistry
 from .spool import Spool
 
 log = logging.getLogger(__name__)
+
+
+async def every(interval: float, stopping: asyncio.Event, step: Callable[[], Awaitable[object]]) -> None:
+    """Run `step` now and then every `interval` seconds until `stopping` is set."""
+    while not stopping.is_set():
+        await step()
+        try:
+            await asyncio.wait_for(stopping.wait(), interval)
+        except asyncio.TimeoutError:
+            pass
 
 
 class Settings(CommonSettings):
@@ -92,9 +103,11 @@ class Collector:
         self.port = self._runner.addresses[0][1]
         interval = self.settings.log_upload_interval
         self._tasks = [asyncio.create_task(self.flusher.run(self.stopping), name="flusher"),
-                       asyncio.create_task(self.uploader.run(interval, self.stopping), name="log-uploader")]
+                       asyncio.create_task(every(interval, self.stopping, self.uploader.upload_cycle),
+                                           name="log-uploader")]
         if self.poller is not None:
-            self._tasks.append(asyncio.create_task(self.poller.run(interval, self.stopping), name="dashboard-poller"))
+            self._tasks.append(asyncio.create_task(every(interval, self.stopping, self.poller.poll_once),
+                                                   name="dashboard-poller"))
         if self.spool.sealed():
             self.flusher.wake()  # a predecessor's acknowledged events go first
         log.info("collector started", extra={
