@@ -70,6 +70,25 @@ def decode_record(data: bytes) -> IndexRecord:
     return _record_decoder.decode(data)
 
 
+def record_for_key(key: str, data: bytes) -> IndexRecord:
+    """The record stored at `key`, trusted only as far as its key vouches for it (pure).
+
+    A record names its namespace, cluster, session and kind; so does its key, which is where listings,
+    retention and access decisions look. A record whose content disagrees with its key (written under one
+    session's prefix, naming another) is refused: it could otherwise list or end a session it is not under.
+    Raises ValueError (LayoutError, msgspec errors) with the reason.
+    """
+    name = layout.parse_index_record_key(key)
+    record = decode_record(data)
+    claimed = (record.namespace, record.cluster, record.session, record.kind)
+    actual = (name.ref.namespace, name.ref.cluster, name.ref.session, name.kind.value)
+    if claimed != actual:
+        raise ValueError(f"record names {'/'.join(claimed)!r} but is stored under {'/'.join(actual)!r}")
+    for node_id in record.node_ids:
+        layout.check_node_id(node_id)
+    return record
+
+
 def merge_records(records: list[IndexRecord]) -> list[SessionInfo]:
     """Fold index records into one SessionInfo per session (pure; any order of records)."""
     grouped: dict[tuple[str, str, str], list[IndexRecord]] = defaultdict(list)
@@ -136,10 +155,11 @@ class SessionIndex:
             del self._records[gone]  # removed by retention
         new = [k for k in present if k not in self._records and k not in self.unreadable]
         for key, data in (await self.store.get_many(new)).items():
+            if isinstance(data, Exception):  # a storage error: read again on the next refresh
+                log.warning("index record not read", extra={"key": key, "error": f"{type(data).__name__}: {data}"})
+                continue
             try:
-                if isinstance(data, Exception):
-                    raise data
-                self._records[key] = decode_record(data)
+                self._records[key] = record_for_key(key, data)
             except Exception as exc:  # noqa: BLE001 - a bad record must not hide the others
                 self.unreadable[key] = f"{type(exc).__name__}: {exc}"
                 log.warning("unreadable index record", extra={"key": key, "error": self.unreadable[key]})

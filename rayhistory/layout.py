@@ -22,14 +22,22 @@ from enum import Enum
 
 LAYOUT_VERSION = "v1"
 
+# Every name that becomes part of a key is checked here, and only here: ASCII only (re.ASCII: `\d` is
+# 0-9, not every Unicode digit), matched in full (fullmatch: `$` would accept a final "\n"), and bounded
+# in length, so no name can escape its prefix, collide with another, or grow a key without limit.
+
 # Kubernetes object names (DNS-1123 subdomain, relaxed to allow upper case for local use).
-_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
-# Ray session folders: session_2026-11-23_13-47-55_556257_9670
-SESSION_RE = re.compile(r"^session_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_\d{6}_\d+$")
-_NODE_ID_RE = re.compile(r"^[0-9a-f]{56}$")
-_WRITER_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
-_ENDPOINT_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_PATH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.@+=,%-]{1,255}$")
+MAX_NAME_LEN = 253
+_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?", re.ASCII)
+# Ray session folders: session_2026-11-23_13-47-55_556257_9670 (the last part is the head's pid).
+MAX_SESSION_LEN = 64
+SESSION_RE = re.compile(r"session_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_\d{6}_\d{1,10}", re.ASCII)
+_NODE_ID_RE = re.compile(r"[0-9a-f]{56}", re.ASCII)
+_WRITER_RE = re.compile(r"[A-Za-z0-9]{1,64}", re.ASCII)
+_ENDPOINT_RE = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
+_PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.@+=,%-]{1,255}", re.ASCII)
+MAX_RELPATH_LEN = 1024
+MAX_RELPATH_DEPTH = 16
 
 
 class LayoutError(ValueError):
@@ -37,9 +45,14 @@ class LayoutError(ValueError):
 
 
 def _check(value: str, pattern: re.Pattern[str], what: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value) or value in (".", ".."):
-        raise LayoutError(f"invalid {what}: {value!r}")
+    if not isinstance(value, str) or not pattern.fullmatch(value) or value in (".", ".."):
+        raise LayoutError(f"invalid {what}: {value[:80]!r}" if isinstance(value, str) else f"invalid {what}: not a string")
     return value
+
+
+def is_session_name(value: object) -> bool:
+    """Whether `value` is a Ray session name (the check without the exception, for hot paths)."""
+    return isinstance(value, str) and len(value) <= MAX_SESSION_LEN and SESSION_RE.fullmatch(value) is not None
 
 
 def check_name(value: str, what: str = "name") -> str:
@@ -47,21 +60,28 @@ def check_name(value: str, what: str = "name") -> str:
 
 
 def check_session(value: str) -> str:
-    return _check(value, SESSION_RE, "session name")
+    if not is_session_name(value):
+        raise LayoutError(f"invalid session name: {value[:80]!r}" if isinstance(value, str)
+                          else "invalid session name: not a string")
+    return value
 
 
 def check_node_id(value: str) -> str:
     return _check(value, _NODE_ID_RE, "node id (56 hex digits)")
 
 
+def check_writer(value: str) -> str:
+    return _check(value, _WRITER_RE, "writer id")
+
+
 def check_relpath(relpath: str) -> str:
     """A log file path relative to the session's logs folder; never leaves it."""
-    if not isinstance(relpath, str) or not relpath or relpath.startswith("/") or "\\" in relpath:
-        raise LayoutError(f"invalid log path: {relpath!r}")
-    parts = relpath.split("/")
-    for part in parts:
-        if part in ("", ".", "..") or not _PATH_SEGMENT_RE.match(part):
-            raise LayoutError(f"invalid log path: {relpath!r}")
+    if (not isinstance(relpath, str) or not relpath or len(relpath) > MAX_RELPATH_LEN
+            or relpath.count("/") >= MAX_RELPATH_DEPTH):
+        raise LayoutError(f"invalid log path: {relpath[:80]!r}" if isinstance(relpath, str) else "invalid log path")
+    for part in relpath.split("/"):
+        if part in ("", ".", "..") or not _PATH_SEGMENT_RE.fullmatch(part):
+            raise LayoutError(f"invalid log path: {relpath[:80]!r}")
     return relpath
 
 
@@ -151,12 +171,12 @@ def snapshots_prefix(ref: SessionRef, format_version: int) -> str:
 # ---- object keys -------------------------------------------------------------------------------
 
 def index_record_key(ref: SessionRef, kind: IndexKind, writer: str, at_ms: int | None = None) -> str:
-    _check(writer, _WRITER_RE, "writer id")
+    check_writer(writer)
     return index_session_prefix(ref) + f"{IndexKind(kind).value}-{at_ms if at_ms is not None else now_ms():013d}-{writer}.json"
 
 
 def event_batch_key(ref: SessionRef, node_id: str, writer: str, seq: int, at_ms: int | None = None) -> str:
-    _check(writer, _WRITER_RE, "writer id")
+    check_writer(writer)
     stamp = at_ms if at_ms is not None else now_ms()
     return events_prefix(ref) + f"{check_node_id(node_id)}/{stamp:013d}-{writer}-{int(seq):08d}.jsonl.gz"
 
@@ -167,12 +187,12 @@ def log_part_key(ref: SessionRef, node_id: str, relpath: str, generation: int, o
 
 
 def endpoint_key(ref: SessionRef, endpoint: str, writer: str, at_ms: int | None = None) -> str:
-    _check(writer, _WRITER_RE, "writer id")
+    check_writer(writer)
     return endpoints_prefix(ref, endpoint) + f"{at_ms if at_ms is not None else now_ms():013d}-{writer}.json"
 
 
 def snapshot_key(ref: SessionRef, format_version: int, writer: str, at_ms: int | None = None) -> str:
-    _check(writer, _WRITER_RE, "writer id")
+    check_writer(writer)
     return snapshots_prefix(ref, format_version) + f"{at_ms if at_ms is not None else now_ms():013d}-{writer}.snap"
 
 
@@ -186,15 +206,17 @@ class IndexRecordName:
     writer: str
 
 
+_INDEX_NAME_RE = re.compile(r"(live|flushed|dead)-(\d{13})-([A-Za-z0-9]{1,64})\.json", re.ASCII)
+_BATCH_NAME_RE = re.compile(r"(\d{13})-([A-Za-z0-9]{1,64})-(\d{8})\.jsonl\.gz", re.ASCII)
+_PART_NAME_RE = re.compile(r"(\d{6})-(\d{16})\.part", re.ASCII)
+
+
 def parse_index_record_key(key: str) -> IndexRecordName:
     parts = key.split("/")
-    if len(parts) != 6 or parts[0] != LAYOUT_VERSION or parts[1] != "index":
-        raise LayoutError(f"not an index record key: {key!r}")
-    name = parts[5]
-    if not name.endswith(".json"):
-        raise LayoutError(f"not an index record key: {key!r}")
-    kind, at_ms, writer = name[: -len(".json")].split("-", 2)
-    return IndexRecordName(SessionRef(parts[2], parts[3], parts[4]), IndexKind(kind), int(at_ms), writer)
+    m = _INDEX_NAME_RE.fullmatch(parts[-1]) if len(parts) == 6 else None
+    if m is None or parts[0] != LAYOUT_VERSION or parts[1] != "index":
+        raise LayoutError(f"not an index record key: {key[:200]!r}")
+    return IndexRecordName(SessionRef(parts[2], parts[3], parts[4]), IndexKind(m.group(1)), int(m.group(2)), m.group(3))
 
 
 @dataclass(frozen=True)
@@ -207,11 +229,11 @@ class EventBatchName:
 
 def parse_event_batch_key(ref: SessionRef, key: str) -> EventBatchName:
     prefix = events_prefix(ref)
-    if not key.startswith(prefix) or not key.endswith(".jsonl.gz"):
-        raise LayoutError(f"not an event batch key: {key!r}")
-    node_id, name = key[len(prefix):].split("/", 1)
-    at_ms, writer, seq = name[: -len(".jsonl.gz")].split("-")
-    return EventBatchName(check_node_id(node_id), int(at_ms), writer, int(seq))
+    node_id, _, name = key[len(prefix):].partition("/") if key.startswith(prefix) else ("", "", "")
+    m = _BATCH_NAME_RE.fullmatch(name)
+    if m is None:
+        raise LayoutError(f"not an event batch key: {key[:200]!r}")
+    return EventBatchName(check_node_id(node_id), int(m.group(1)), m.group(2), int(m.group(3)))
 
 
 @dataclass(frozen=True)
@@ -224,12 +246,12 @@ class LogPartName:
 
 def parse_log_part_key(ref: SessionRef, key: str) -> LogPartName:
     prefix = logs_prefix(ref)
-    if not key.startswith(prefix) or not key.endswith(".part"):
-        raise LayoutError(f"not a log part key: {key!r}")
-    node_id, rest = key[len(prefix):].split("/", 1)
-    relpath, name = rest.rsplit("/", 1)
-    generation, offset = name[: -len(".part")].split("-")
-    return LogPartName(check_node_id(node_id), check_relpath(relpath), int(generation), int(offset))
+    node_id, _, rest = key[len(prefix):].partition("/") if key.startswith(prefix) else ("", "", "")
+    relpath, _, name = rest.rpartition("/")
+    m = _PART_NAME_RE.fullmatch(name)
+    if m is None:
+        raise LayoutError(f"not a log part key: {key[:200]!r}")
+    return LogPartName(check_node_id(node_id), check_relpath(relpath), int(m.group(1)), int(m.group(2)))
 
 
 def latest_key(keys: list[str]) -> str | None:

@@ -148,6 +148,27 @@ async def test_a_corrupt_index_record_does_not_hide_the_others(store: Store):
     assert len(reader.unreadable) == 1
 
 
+@pytest.mark.parametrize("claims", [
+    {"namespace": "other-ns"}, {"cluster": "other-cluster"}, {"session": "session_2026-01-01_00-00-00_000001_1"},
+    {"namespace": "../../x"}, {"kind": "dead"},
+])
+async def test_an_index_record_that_names_another_session_than_its_key_is_refused(store: Store, claims):
+    """Issue 9, item 5: a record stored under one session's prefix used to be taken for whatever it named:
+    listing `../../x` or marking another namespace's session dead."""
+    from rayhistory.index import IndexRecord, encode_record
+
+    index = SessionIndex(store)
+    await index.append(REF, IndexKind.LIVE, node_ids=[NODE])
+    forged = IndexRecord(**{"kind": "live", "namespace": REF.namespace, "cluster": REF.cluster,
+                            "session": REF.session, "at_ms": 9, **claims})
+    await store.put(layout.index_record_key(REF, IndexKind.LIVE, "forger", at_ms=9), encode_record(forged))
+    reader = SessionIndex(store)
+    [only] = await reader.sessions()
+    assert (only.namespace, only.cluster, only.session, only.state) == (REF.namespace, REF.cluster, REF.session, "live")
+    assert list(reader.unreadable) == [layout.index_record_key(REF, IndexKind.LIVE, "forger", at_ms=9)]
+    assert "stored under" in next(iter(reader.unreadable.values()))
+
+
 def test_merge_is_order_independent():
     from rayhistory.index import IndexRecord
 
@@ -172,6 +193,50 @@ def test_key_building_refuses_names_that_escape_their_prefix():
     assert layout.log_part_key(REF, NODE, "events/event_GCS.log", 1, 42).endswith(
         "/logs/" + NODE + "/events/event_GCS.log/000001-0000000000000042.part"
     )
+
+
+@pytest.mark.parametrize("name", [
+    REF.session + "\n",  # `$` matches before a final newline
+    REF.session[:-4] + "\uff19\uff16\uff17\uff10",  # fullwidth digits: `\d` without re.ASCII takes them
+    REF.session[:-4] + "\u0669\u0660",  # Arabic-Indic digits
+    REF.session + "9" * 50,  # a pid of 54 digits
+    "session_2026-11-23_13-47-55_556257_",
+])
+def test_session_names_are_ascii_full_matches_of_bounded_length(name):
+    """Issue 9, items 1 and 4: one check, in layout, for every part."""
+    from rayhistory.events import check_event
+    from rayhistory.events import RayEvent
+
+    assert not layout.is_session_name(name)
+    with pytest.raises(layout.LayoutError):
+        layout.check_session(name)
+    with pytest.raises(layout.LayoutError):
+        SessionRef("ns", "c", name)
+    assert "sessionName" in check_event(RayEvent(event_id="x", event_type="NODE_DEFINITION_EVENT", session_name=name))
+
+
+@pytest.mark.parametrize("check,value", [
+    (layout.check_name, "ns\n"), (layout.check_name, "n\uff53"), (layout.check_name, "a" * 254),
+    (layout.check_node_id, NODE + "\n"), (layout.check_node_id, NODE.upper()), (layout.check_writer, "w\n"),
+    (layout.check_relpath, "a/" * 20 + "b"), (layout.check_relpath, "x" * 1025), (layout.check_relpath, "raylet.out\n"),
+    (layout.check_relpath, "r\uff41ylet.out"),
+])
+def test_every_name_check_is_ascii_full_match_and_bounded(check, value):
+    with pytest.raises(layout.LayoutError):
+        check(value)
+
+
+@pytest.mark.parametrize("key", [
+    "v1/index/ns/c/%s/live-\uff11234567890123-w.json" % REF.session,
+    "v1/index/ns/c/%s/live-1234567890123-w.json\n" % REF.session,
+    "v1/index/ns/c/%s/live-1234567890123.json" % REF.session,
+    "v1/index/ns/c/%s/alive-1234567890123-w.json" % REF.session,
+])
+def test_keys_that_do_not_match_the_layout_in_full_do_not_parse(key):
+    with pytest.raises(layout.LayoutError):
+        layout.parse_index_record_key(key)
+    with pytest.raises(layout.LayoutError):
+        layout.parse_event_batch_key(REF, layout.events_prefix(REF) + NODE + "/1234567890123-w-0000000\uff11.jsonl.gz")
 
 
 def test_keys_parse_back():
