@@ -22,6 +22,15 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from . import layout
+
+# Bounds on one event, checked on its raw bytes before it is decoded: a crafted event costs nothing but its
+# own rejection. Ray's events nest about six levels deep; msgspec recurses once per level up to Python's
+# recursion limit (about 1000, less whatever the caller's stack already holds), so without a bound of its
+# own one deep event fails its whole batch. The largest real events are task errors with a traceback.
+MAX_EVENT_DEPTH = 64
+MAX_EVENT_BYTES = 4 << 20
+
 # ---- ids and timestamps --------------------------------------------------------------------------
 
 
@@ -33,13 +42,17 @@ def hex_id(b64: str) -> str:
     return base64.b64decode(b64, validate=True).hex()
 
 
+_RFC3339_SECONDS = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}", re.ASCII)
+
+
 @lru_cache(maxsize=1 << 14)
 def _epoch_seconds(prefix: str) -> int:
     # prefix is "YYYY-MM-DDTHH:MM:SS"; many events share a second, so this is cached.
+    if not _RFC3339_SECONDS.fullmatch(prefix):
+        raise ValueError(f"not an RFC3339 timestamp: {prefix!r}")
     y, mo, d = int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10])
     h, mi, s = int(prefix[11:13]), int(prefix[14:16]), int(prefix[17:19])
-    if (len(prefix) != 19 or prefix[4] != "-" or prefix[7] != "-" or prefix[10] not in "Tt" or prefix[13] != ":"
-            or prefix[16] != ":" or not (1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and s < 61)):
+    if not (1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and s < 61):
         raise ValueError(f"not an RFC3339 timestamp: {prefix!r}")
     return calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
 
@@ -50,26 +63,30 @@ def ts_ns(value: str) -> int:
         return 0
     try:
         seconds = _epoch_seconds(value[:19])
-        if len(value) == 30 and value[19] == "." and value[29] in "Zz" and value[20:29].isdigit():
+        if len(value) == 30 and value[19] == "." and value[29] in "Zz" and _ascii_digits(value[20:29]):
             return seconds * 1_000_000_000 + int(value[20:29])  # Ray's own form, the common case
         rest = value[19:]
         frac_ns = 0
         if rest[0] == ".":
             end = 1
-            while end < len(rest) and rest[end].isdigit():
+            while end < len(rest) and _ascii_digits(rest[end]):
                 end += 1
             if end == 1 or end > 10:
                 raise ValueError
             frac_ns = int(rest[1:end].ljust(9, "0"))
             rest = rest[end:]
         if rest not in ("Z", "z"):
-            if len(rest) != 6 or rest[0] not in "+-" or rest[3] != ":":
+            if len(rest) != 6 or rest[0] not in "+-" or rest[3] != ":" or not _ascii_digits(rest[1:3] + rest[4:6]):
                 raise ValueError
             offset = int(rest[1:3]) * 3600 + int(rest[4:6]) * 60
             seconds -= offset if rest[0] == "+" else -offset
     except (ValueError, IndexError):
         raise ValueError(f"not an RFC3339 timestamp: {value[:40]!r}") from None
     return seconds * 1_000_000_000 + frac_ns
+
+
+def _ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit alone also takes "２" and "²"
 
 
 def ts_ms(value: str) -> int:
@@ -358,12 +375,7 @@ class AcceptedEvent(Struct):
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _event_list = msgspec.json.Decoder(list[RayEvent])
 _event_decoder = msgspec.json.Decoder(RayEvent)
-_SESSION_RE = re.compile(r"^session_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_\d{6}_\d+$")
-
-
-@lru_cache(maxsize=1024)
-def _session_ok(name: str) -> bool:
-    return bool(_SESSION_RE.match(name))
+_session_ok = lru_cache(maxsize=1024)(layout.is_session_name)
 
 
 def _as_array(data: bytes) -> bytes:
@@ -374,6 +386,69 @@ def _as_array(data: bytes) -> bytes:
     if b"\r" in stripped or b"\n\n" in stripped:
         stripped = b"\n".join(line for line in stripped.splitlines() if line.strip())
     return b"[" + stripped.replace(b"\n", b",") + b"]"
+
+
+# ---- bounds, checked without recursion -------------------------------------------------------------
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]', re.DOTALL)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACES_TO_SQUARE = bytes.maketrans(b"{}", b"[]")
+
+
+def nested_deeper_than(raw: bytes, limit: int = MAX_EVENT_DEPTH) -> bool:
+    """Whether JSON text nests arrays and objects more than `limit` levels deep. Exact, and no recursion:
+    the brackets outside strings are kept, and each pass of `replace` removes exactly one level (the
+    innermost pairs), so `limit` passes empty the text unless it nests deeper."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False  # too few brackets to nest that deep: the common case, two C-level scans
+    brackets = _JSON_STRING.sub(b"", raw).translate(_BRACES_TO_SQUARE, _NOT_BRACKET)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return bool(brackets)
+
+
+def bound_error(raw: bytes) -> str:
+    """Why one event's raw JSON is outside the bounds, or ''."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return f"event is {len(raw)} bytes, more than the {MAX_EVENT_BYTES} one event may have"
+    if nested_deeper_than(raw):
+        return f"event nests deeper than {MAX_EVENT_DEPTH} levels"
+    return ""
+
+
+def _split_top_level(array: bytes) -> list[bytes]:
+    """The elements of a JSON array, found without recursion (for arrays too deep for msgspec to split).
+    Malformed text yields pieces that then fail to decode on their own."""
+    items: list[bytes] = []
+    depth, start = 0, -1
+    for m in _JSON_TOKEN.finditer(array):
+        token = m.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth == 1:
+                start = m.end()
+        elif token in (b"]", b"}"):
+            if depth == 1 and start >= 0:
+                items.append(array[start:m.start()])
+            depth -= 1
+        elif token == b"," and depth == 1:
+            items.append(array[start:m.start()])
+            start = m.end()
+    return [item.strip() for item in items if item.strip()]
+
+
+def _split_raw(array: bytes) -> list[bytes]:
+    """The raw JSON of each element of an array. Raises msgspec.DecodeError if it is not one."""
+    try:
+        return [bytes(raw) for raw in _raw_list.decode(array)]
+    except RecursionError:
+        pieces = _split_top_level(array)
+        if array[:1] != b"[":
+            raise msgspec.DecodeError("not a JSON array") from None
+        return pieces
 
 
 def check_event(event: RayEvent) -> str:
@@ -405,19 +480,29 @@ def _camel(name: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
-def _event_id_of(raw: msgspec.Raw) -> str:
+def _event_id_of(raw: bytes) -> str:
+    if bound_error(raw):
+        return ""
     try:
         value = msgspec.json.decode(raw).get("eventId", "")
-    except (msgspec.DecodeError, AttributeError):
+    except (msgspec.DecodeError, AttributeError, RecursionError):
         return ""
-    return value if isinstance(value, str) else ""
+    return value[:128] if isinstance(value, str) else ""
 
 
-def _decode_each(array: bytes) -> tuple[list[tuple[int, RayEvent, msgspec.Raw]], list[EventError]]:
+def _decode_each(array: bytes) -> tuple[list[tuple[int, RayEvent, bytes]], list[EventError]]:
     """Slow path, taken only when a batch has a bad event: decode one by one to isolate it."""
-    good: list[tuple[int, RayEvent, msgspec.Raw]] = []
+    try:
+        raws = _split_raw(array)
+    except msgspec.DecodeError as exc:
+        return [], [EventError(index=-1, reason=f"not valid JSON: {exc}")]
+    good: list[tuple[int, RayEvent, bytes]] = []
     errors: list[EventError] = []
-    for i, raw in enumerate(_raw_list.decode(array)):
+    for i, raw in enumerate(raws):
+        reason = bound_error(raw)
+        if reason:
+            errors.append(EventError(index=i, reason=reason, event_id=_event_id_of(raw)))
+            continue
         try:
             event = _event_decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -425,41 +510,41 @@ def _decode_each(array: bytes) -> tuple[list[tuple[int, RayEvent, msgspec.Raw]],
             continue
         reason = check_event(event)
         if reason:
-            errors.append(EventError(index=i, reason=reason, event_id=event.event_id))
+            errors.append(EventError(index=i, reason=reason, event_id=event.event_id[:128]))
         else:
             good.append((i, event, raw))
     return good, errors
 
 
-def _decode(data: bytes, keep_raw: bool) -> tuple[list[tuple[int, RayEvent, msgspec.Raw | None]], list[EventError]]:
-    """Decode a whole batch with one msgspec call; fall back to per-event decoding if it fails."""
+def _decode(data: bytes, keep_raw: bool) -> tuple[list[tuple[int, RayEvent, bytes | None]], list[EventError]]:
+    """Decode a whole batch with one msgspec call; fall back to per-event decoding if it fails.
+
+    With `keep_raw` (the collector, which stores each event's own bytes) every event is also held to the
+    bounds; without it (the server, reading what a collector stored) only a batch that fails is."""
     array = _as_array(data)
     try:
         events = _event_list.decode(array)
-    except msgspec.ValidationError:
-        pass
-    except msgspec.DecodeError as exc:
-        try:
-            _raw_list.decode(array)
-        except msgspec.DecodeError:
-            return [], [EventError(index=-1, reason=f"body is not a JSON array of events: {exc}")]
-    else:
-        raws: list[msgspec.Raw] | None = None
-        out: list[tuple[int, RayEvent, msgspec.Raw | None]] = []
-        errors: list[EventError] = []
-        for i, event in enumerate(events):
-            reason = check_event(event)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return _decode_each(array)
+    raws: list[bytes] | None = None
+    out: list[tuple[int, RayEvent, bytes | None]] = []
+    errors: list[EventError] = []
+    for i, event in enumerate(events):
+        raw = None
+        if keep_raw or event.event_type not in KNOWN_EVENT_TYPES:
+            if raws is None:
+                raws = _split_raw(array)
+            raw = raws[i]
+            reason = bound_error(raw)
             if reason:
-                errors.append(EventError(index=i, reason=reason, event_id=event.event_id))
+                errors.append(EventError(index=i, reason=reason, event_id=event.event_id[:128]))
                 continue
-            raw = None
-            if keep_raw or event.event_type not in KNOWN_EVENT_TYPES:
-                if raws is None:
-                    raws = _raw_list.decode(array)
-                raw = raws[i]
-            out.append((i, event, raw))
-        return out, errors
-    return _decode_each(array)
+        reason = check_event(event)
+        if reason:
+            errors.append(EventError(index=i, reason=reason, event_id=event.event_id[:128]))
+            continue
+        out.append((i, event, raw))
+    return out, errors
 
 
 def decode_events(data: bytes) -> DecodedBatch:
@@ -473,11 +558,24 @@ def decode_events(data: bytes) -> DecodedBatch:
     return DecodedBatch(events, errors)
 
 
+BODY_NOT_AN_ARRAY = "body is not a JSON array"
+
+
 def accept_events(data: bytes) -> tuple[list[AcceptedEvent], list[EventError]]:
-    """The collector's check: every event validated on its own; good ones kept as one-line JSON."""
-    decoded, errors = _decode(data, keep_raw=True)
+    """The collector's check: every event validated on its own; good ones kept as one-line JSON.
+
+    The body must be one JSON array (what Ray's agent POSTs): anything else, an empty body included, is
+    one error with index -1 whose reason starts with BODY_NOT_AN_ARRAY."""
+    stripped = data.strip()
+    if stripped[:1] != b"[":
+        what = "it is empty" if not stripped else f"it starts with {stripped[:1]!r}"
+        return [], [EventError(index=-1, reason=f"{BODY_NOT_AN_ARRAY}: {what}")]
+    decoded, errors = _decode(stripped, keep_raw=True)
+    for error in errors:
+        if error.index == -1:
+            error.reason = f"{BODY_NOT_AN_ARRAY}: {error.reason}"
     accepted = [
-        AcceptedEvent(event.event_id, event.session_name, hex_id(event.node_id), msgspec.json.format(bytes(raw), indent=0))
+        AcceptedEvent(event.event_id, event.session_name, hex_id(event.node_id), msgspec.json.format(raw, indent=0))
         for _, event, raw in decoded
     ]
     return accepted, errors

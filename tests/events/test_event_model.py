@@ -153,3 +153,52 @@ def test_errors_keep_their_positions_when_a_batch_mixes_kinds_of_bad_events():
     decoded = ev.decode_events(json.dumps([undecodable, good, unroutable]).encode())
     assert [e.index for e in decoded.errors] == [0, 2]
     assert [e.event_id for e in decoded.events] == [good["eventId"]]
+
+
+# ---- bounds (issue 9, item 2) ------------------------------------------------------------------------
+
+def _reference_depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_reference_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_reference_depth(v) for v in value), default=0)
+    return 0
+
+
+@pytest.mark.parametrize("text", [
+    '[]', '{}', '[[],[[]],{"a":[{}]}]', '{"a":"[[[[[[", "b":["]]]"]}', '["\\"[[["]', '[1,{"x":[2,[3,[4]]]}]',
+    '{"k":"\\\\\\\\"}', '[' * 64 + ']' * 64, '[' * 65 + ']' * 65, '{"a":' * 70 + '1' + '}' * 70,
+])
+def test_nesting_depth_check_agrees_with_a_recursive_reference(text):
+    from rayhistory.events import nested_deeper_than
+
+    depth = _reference_depth(json.loads(text))
+    for limit in (0, 1, 2, 3, 63, 64, 65):
+        assert nested_deeper_than(text.encode(), limit) == (depth > limit), (text, limit)
+
+
+def test_an_event_too_deep_or_too_big_is_rejected_alone_in_collector_and_server_decoding():
+    from rayhistory.events import MAX_EVENT_BYTES, accept_events, decode_events
+
+    good = [e for body in received_bodies() for e in body][:4]
+    texts = [json.dumps(e) for e in good]
+    deep = texts[0][:-1] + ', "extra": ' + '[' * 2000 + ']' * 2000 + '}'
+    big = texts[1][:-1] + ', "message": "' + "x" * MAX_EVENT_BYTES + '"}'
+    medium = texts[2][:-1] + ', "extra": ' + '[' * 100 + ']' * 100 + '}'  # past the bound, within msgspec's reach
+    body = ("[" + ",".join([texts[0], deep, texts[1], big, medium, texts[3]]) + "]").encode()
+    accepted, errors = accept_events(body)
+    assert [a.event_id for a in accepted] == [good[0]["eventId"], good[1]["eventId"], good[3]["eventId"]]
+    assert {e.index: e.reason.split(" ")[1] for e in errors} == {1: "nests", 3: "is", 4: "nests"}
+    lines = b"\n".join([texts[0].encode(), deep.encode(), texts[3].encode()])
+    batch = decode_events(lines)  # the server's careful path over a stored batch
+    assert [e.event_id for e in batch.events] == [good[0]["eventId"], good[3]["eventId"]]
+    assert [e.index for e in batch.errors] == [1]
+
+
+def test_timestamps_take_ascii_digits_only():
+    from rayhistory.events import ts_ns
+
+    assert ts_ns("2026-11-23T13:47:55.123456789Z") == ts_ns("2026-11-23T13:47:55.123456789+00:00")
+    for bad in ("２026-11-23T13:47:55Z", "2026-11-23T13:47:55.１Z", "2026-11-23T13:47:55+0１:00", " 026-11-23T13:47:55Z"):
+        with pytest.raises(ValueError):
+            ts_ns(bad)
