@@ -6,12 +6,19 @@ segments and deletes each once every batch in it is in storage. A segment's name
 of its batches (see flush.py), so uploading it again, after a storage error or by a collector restarted
 after SIGKILL, rewrites the same objects instead of adding copies.
 
-A segment is a sequence of records, one per (session, node) group of a request:
+A segment is a sequence of records, one or more per (session, node) group of a request:
 
-    RHS1 {payload_len} {crc32} {session} {node_id_hex}\\n{payload}
+    MAGIC (8 bytes) | body length (u32 LE) | crc32 of the body (u32 LE) | body
+    body = len(session) (u8) | session | len(node id) (u8) | node id | payload
 
-where the payload is the events' compact JSON, one per line, each line ending in "\\n". A record cut short
-by a crash (torn write, checksum mismatch) ends the segment: it was never acknowledged.
+where the payload is the events' compact JSON, one per line, each line ending in "\n". The identity is
+inside the checksummed body, and nothing in a record's content can look like a record's start: MAGIC holds
+NUL bytes, which neither JSON text nor a checked name can contain. One bound, MAX_RECORD_BYTES, holds for
+the encoder (which splits a group into several records rather than exceed it) and the decoder (which
+refuses a length above it). The decoder skips a damaged record (bad magic, length or checksum) to the
+next intact one, counting and logging it with its offset; only a torn tail, bytes after the last intact
+record that no intact record follows, is cut: a crash in the middle of a write leaves one, and its
+request never got its 200. docs/collector.md describes the format.
 
 Durability: `append` returns only once the bytes are on disk. In "group" mode (the default) writes go to the
 page cache at once and one fdatasync, run in a thread, covers every request that wrote before it started:
@@ -25,6 +32,7 @@ import asyncio
 import logging
 import os
 import re
+import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +42,12 @@ from rayhistory import layout
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"RHS1"
+MAGIC = b"\x00RHS2\x00\xff\n"
+_HEADER = struct.Struct("<II")  # body length, crc32 of the body
+HEADER_BYTES = len(MAGIC) + _HEADER.size
+MAX_RECORD_BYTES = 16 << 20  # one record's body; rayhistory.events.MAX_EVENT_BYTES keeps any one event below it
 SEGMENT_SUFFIX = ".seg"
-_SEGMENT_RE = re.compile(r"^(\d{13})-([A-Za-z0-9]{1,64})-(\d{8})\.seg$")
+_SEGMENT_RE = re.compile(r"(\d{13})-([A-Za-z0-9]{1,64})-(\d{8})\.seg", re.ASCII)
 
 FsyncMode = Literal["group", "request"]
 
@@ -57,16 +68,36 @@ class SegmentName:
 
     @classmethod
     def parse(cls, filename: str) -> "SegmentName | None":
-        m = _SEGMENT_RE.match(filename)
+        m = _SEGMENT_RE.fullmatch(filename)
         return cls(int(m.group(1)), m.group(2), int(m.group(3))) if m else None
 
 
 # ---- the record format (pure) -------------------------------------------------------------------
 
+def _record(session: bytes, node: bytes, payload: bytes) -> bytes:
+    body = b"%c%s%c%s%s" % (len(session), session, len(node), node, payload)
+    return MAGIC + _HEADER.pack(len(body), zlib.crc32(body)) + body
+
+
 def encode_record(session: str, node_id_hex: str, lines: Iterable[bytes]) -> bytes:
-    payload = b"".join(line + b"\n" for line in lines)
-    header = b"%s %d %d %s %s\n" % (MAGIC, len(payload), zlib.crc32(payload), session.encode(), node_id_hex.encode())
-    return header + payload
+    """The records of one (session, node) group: as few as MAX_RECORD_BYTES allows. Raises LayoutError for
+    an identity that cannot be a storage key, ValueError for one line longer than a record may be."""
+    sess, node = layout.check_session(session).encode(), layout.check_node_id(node_id_hex).encode()
+    room = MAX_RECORD_BYTES - 2 - len(sess) - len(node)
+    out: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        if len(line) + 1 > room:
+            raise ValueError(f"one event of {len(line)} bytes does not fit a spool record")
+        if size + len(line) + 1 > room:
+            out.append(_record(sess, node, b"".join(chunk)))
+            chunk, size = [], 0
+        chunk.append(line + b"\n")
+        size += len(line) + 1
+    if chunk:
+        out.append(_record(sess, node, b"".join(chunk)))
+    return b"".join(out)
 
 
 @dataclass
@@ -74,33 +105,64 @@ class DecodedSegment:
     # (session, node) -> payloads, as views into the segment's bytes (no copies of a segment's worth of events)
     groups: dict[tuple[str, str], list[memoryview]] = field(default_factory=dict)
     events: int = 0
-    valid_bytes: int = 0  # the length of the intact prefix; anything after it was never acknowledged
+    damaged: list[tuple[int, int]] = field(default_factory=list)  # (offset, bytes) skipped between intact records
+    torn_tail: int = -1  # offset of a tail that no intact record follows, or -1
+
+
+def _record_at(data: bytes, view: memoryview, pos: int) -> tuple[int, str, str, memoryview] | None:
+    """The intact record starting at `pos`: (end, session, node, payload), or None."""
+    body_at = pos + HEADER_BYTES
+    if data[pos:pos + len(MAGIC)] != MAGIC or body_at > len(data):
+        return None
+    length, crc = _HEADER.unpack_from(data, pos + len(MAGIC))
+    end = body_at + length
+    if length > MAX_RECORD_BYTES or end > len(data) or zlib.crc32(view[body_at:end]) != crc:
+        return None
+    try:
+        at = body_at + 1
+        session = data[at:at + data[body_at]].decode("ascii")
+        at += data[body_at]
+        node = data[at + 1:at + 1 + data[at]].decode("ascii")
+        at += 1 + data[at]
+        layout.check_session(session)
+        layout.check_node_id(node)
+    except (IndexError, UnicodeDecodeError, layout.LayoutError):
+        return None  # a checksum that matches a body no encoder writes: treat it as damage
+    payload = view[at:end]
+    if payload and payload[-1] != 0x0A:
+        return None
+    return end, session, node, payload
+
+
+def _next_record(data: bytes, view: memoryview, start: int) -> int:
+    """Offset of the next intact record at or after `start`, or -1."""
+    while (pos := data.find(MAGIC, start)) >= 0:
+        if _record_at(data, view, pos) is not None:
+            return pos
+        start = pos + 1
+    return -1
 
 
 def decode_segment(data: bytes) -> DecodedSegment:
-    """Records of a segment grouped by (session, node), stopping at the first torn or corrupt record."""
+    """Records of a segment grouped by (session, node). A damaged record is skipped to the next intact one;
+    a tail that no intact record follows is torn (cut short by a crash: never acknowledged)."""
     out = DecodedSegment()
     view = memoryview(data)
     pos = 0
     while pos < len(data):
-        eol = data.find(b"\n", pos, pos + 256)
-        if eol < 0:
-            break
-        parts = data[pos:eol].split(b" ")
-        if len(parts) != 5 or parts[0] != MAGIC:
-            break
-        try:
-            length, crc = int(parts[1]), int(parts[2])
-        except ValueError:
-            break
-        start, end = eol + 1, eol + 1 + length
-        payload = view[start:end]
-        if len(payload) != length or zlib.crc32(payload) != crc:
-            break
-        out.groups.setdefault((parts[3].decode(), parts[4].decode()), []).append(payload)
-        out.events += data.count(b"\n", start, end)
+        record = _record_at(data, view, pos)
+        if record is None:
+            following = _next_record(data, view, pos + 1)
+            if following < 0:
+                out.torn_tail = pos
+                break
+            out.damaged.append((pos, following - pos))
+            pos = following
+            continue
+        end, session, node, payload = record
+        out.groups.setdefault((session, node), []).append(payload)
+        out.events += data.count(b"\n", end - len(payload), end)
         pos = end
-    out.valid_bytes = pos
     return out
 
 
@@ -140,6 +202,11 @@ class Spool:
 
     def path(self, name: SegmentName) -> Path:
         return self.dir / name.filename
+
+    def oldest_unflushed_s(self) -> float:
+        """Seconds since the oldest segment still in the spool was started (0 when none holds events)."""
+        held = [n.at_ms for n, size in self._sizes.items() if size]
+        return max(0.0, (layout.now_ms() - min(held)) / 1000) if held else 0.0
 
     def sealed(self) -> list[SegmentName]:
         """Segments no longer written to, oldest first."""
@@ -244,9 +311,13 @@ class Spool:
     def read(self, name: SegmentName) -> DecodedSegment:
         data = self.path(name).read_bytes()
         decoded = decode_segment(data)
-        if decoded.valid_bytes != len(data):
+        for offset, length in decoded.damaged:
+            log.error("damaged spool record skipped; the records after it are kept",
+                      extra={"segment": name.filename, "offset": offset, "bytes": length})
+        if decoded.torn_tail >= 0:
             log.warning("spool segment has a torn tail; the cut-off records were never acknowledged",
-                        extra={"segment": name.filename, "bytes": len(data), "valid_bytes": decoded.valid_bytes})
+                        extra={"segment": name.filename, "offset": decoded.torn_tail,
+                               "bytes": len(data) - decoded.torn_tail})
         return decoded
 
     def delete(self, name: SegmentName) -> None:

@@ -8,7 +8,10 @@ import signal
 
 import pytest
 
-from rayhistory.collector.spool import SegmentName, Spool, SpoolFull, decode_segment, encode_record
+from rayhistory import layout
+from rayhistory.collector.spool import (
+    HEADER_BYTES, MAGIC, MAX_RECORD_BYTES, SegmentName, Spool, SpoolFull, decode_segment, encode_record,
+)
 from tests.conftest import HEAD_NODE_ID, SESSION_NAME
 
 OTHER_SESSION = "session_2026-11-24_08-00-00_000001_42"
@@ -20,7 +23,7 @@ def test_records_round_trip_grouped_by_session_and_node():
             + encode_record(OTHER_SESSION, OTHER_NODE, [b'{"b":1}'])
             + encode_record(SESSION_NAME, HEAD_NODE_ID, [b'{"a":3}']))
     decoded = decode_segment(data)
-    assert decoded.valid_bytes == len(data)
+    assert decoded.torn_tail == -1 and decoded.damaged == []
     assert decoded.events == 4
     assert decoded.groups == {
         (SESSION_NAME, HEAD_NODE_ID): [b'{"a":1}\n{"a":2}\n', b'{"a":3}\n'],
@@ -33,15 +36,49 @@ def test_a_torn_last_record_is_dropped_and_the_rest_kept(cut):
     first = encode_record(SESSION_NAME, HEAD_NODE_ID, [b'{"a":1}'])
     second = encode_record(SESSION_NAME, HEAD_NODE_ID, [b'{"a":2}', b'{"a":3}'])
     decoded = decode_segment(first + second[:cut])
-    assert decoded.valid_bytes == len(first)
+    assert decoded.torn_tail == len(first) and decoded.damaged == []
     assert decoded.groups == {(SESSION_NAME, HEAD_NODE_ID): [b'{"a":1}\n']}
 
 
-def test_a_corrupt_record_ends_the_segment():
+@pytest.mark.parametrize("where", ["magic", "length", "checksum", "identity", "payload"])
+def test_a_damaged_record_is_skipped_and_every_record_after_it_kept(where):
+    """Issue 9, item 1: one bad record used to end the segment, and the flusher deleted what followed it."""
     first = encode_record(SESSION_NAME, HEAD_NODE_ID, [b'{"a":1}'])
     second = bytearray(encode_record(SESSION_NAME, HEAD_NODE_ID, [b'{"a":2}']))
-    second[-3] ^= 0x01  # a flipped bit in the payload: the checksum no longer matches
-    assert decode_segment(first + bytes(second)).events == 1
+    third = encode_record(OTHER_SESSION, OTHER_NODE, [b'{"b":1}'])
+    offset = {"magic": 1, "length": len(MAGIC), "checksum": len(MAGIC) + 4, "identity": HEADER_BYTES + 3,
+              "payload": len(second) - 3}[where]
+    second[offset] ^= 0x01
+    decoded = decode_segment(first + bytes(second) + third)
+    assert decoded.damaged == [(len(first), len(second))]
+    assert decoded.torn_tail == -1
+    assert decoded.groups == {(SESSION_NAME, HEAD_NODE_ID): [b'{"a":1}\n'], (OTHER_SESSION, OTHER_NODE): [b'{"b":1}\n']}
+
+
+def test_event_content_cannot_look_like_a_record():
+    """A payload holding the text of a record (or of an old-format header) is data, never a boundary."""
+    inner = encode_record(OTHER_SESSION, OTHER_NODE, [b'{"forged":1}'])
+    line = b'{"message":%s}' % repr(inner).encode()  # the same bytes, escaped as JSON would carry them
+    data = encode_record(SESSION_NAME, HEAD_NODE_ID, [line, b'{"a":2}']) + encode_record(SESSION_NAME, HEAD_NODE_ID, [b'{"a":3}'])
+    decoded = decode_segment(data)
+    assert list(decoded.groups) == [(SESSION_NAME, HEAD_NODE_ID)] and decoded.events == 3
+
+
+@pytest.mark.parametrize("session", [SESSION_NAME + "\n", SESSION_NAME + "9" * 300, "session_２０２６-11-23_13-47-55_556257_9670",
+                                     "../" + SESSION_NAME])
+def test_an_identity_that_cannot_be_a_key_is_never_encoded(session):
+    with pytest.raises(layout.LayoutError):
+        encode_record(session, HEAD_NODE_ID, [b'{"a":1}'])
+
+
+def test_a_group_larger_than_one_record_is_split_under_the_shared_bound():
+    line = b'{"x":"%s"}' % (b"y" * (1 << 20))
+    data = encode_record(SESSION_NAME, HEAD_NODE_ID, [line] * 40)  # 40 MiB: three records
+    decoded = decode_segment(data)
+    assert decoded.events == 40 and len(decoded.groups[(SESSION_NAME, HEAD_NODE_ID)]) == 3
+    assert all(len(p) <= MAX_RECORD_BYTES for p in decoded.groups[(SESSION_NAME, HEAD_NODE_ID)])
+    with pytest.raises(ValueError):
+        encode_record(SESSION_NAME, HEAD_NODE_ID, [b"z" * MAX_RECORD_BYTES])
 
 
 def test_segment_names_parse_back():
