@@ -84,7 +84,7 @@ def run_once(mode: str, senders: int, bodies: list[bytes], core: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="rh-bench-collector-"))
     port = free_port()
     argv = [sys.executable, "-m", "rayhistory", "collector", "--storage", f"file://{work}/store",
-            "--host", "127.0.0.1", "--port", str(port), "--spool-dir", str(work / "spool"),
+            "--port", str(port), "--metrics-port", "-1", "--spool-dir", str(work / "spool"),
             "--ray-temp-root", str(work / "no-ray"), "--spool-fsync", mode, "--log-level", "WARNING",
             "--shutdown-grace", "120"]
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)

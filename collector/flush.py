@@ -110,6 +110,8 @@ class Flusher:
 
         await asyncio.gather(*(put(rn, key) for rn, key in keys.items()))
         self.spool.delete(name)
+        self.metrics.spool_damaged.inc(len(decoded.damaged))
+        self.metrics.last_flush.set_to_current_time()
         self.metrics.events_flushed.inc(decoded.events)
         self.metrics.batches_flushed.inc(len(keys))
         self.metrics.spool_bytes.set(self.spool.bytes)

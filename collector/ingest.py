@@ -22,7 +22,7 @@ from .spool import Spool, SpoolFull, encode_record
 
 log = logging.getLogger(__name__)
 
-NOT_AN_ARRAY = "body is not a JSON array"  # the reason rayhistory.events gives for a body it cannot split
+MAX_RETRY_AFTER_S = 30
 
 
 def spool_records(accepted: list[AcceptedEvent]) -> bytes:
@@ -49,14 +49,18 @@ def ingest_answer(accepted: int, errors: list[EventError]) -> bytes:
 
 
 class Ingest:
-    def __init__(self, spool: Spool, flusher: Flusher, metrics: CollectorMetrics, max_body_bytes: int,
-                 retry_after_s: float):
+    def __init__(self, spool: Spool, flusher: Flusher, metrics: CollectorMetrics, max_body_bytes: int):
         self.spool = spool
         self.flusher = flusher
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.retry_after = str(max(1, math.ceil(retry_after_s)))
         self.accepting = True
+
+    @property
+    def retry_after(self) -> str:
+        """When to come back: the flusher's current storage backoff (1 s while storage answers, up to its
+        cap while it does not), never the flush interval, which may be an hour."""
+        return str(min(MAX_RETRY_AFTER_S, max(1, math.ceil(self.flusher.backoff.current))))
 
     def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
         self.metrics.requests.labels(str(status)).inc()
@@ -76,8 +80,12 @@ class Ingest:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._error(413, f"body over {self.max_body_bytes} bytes")
-        accepted, errors = accept_events(body)
-        if not accepted and len(errors) == 1 and errors[0].reason.startswith(NOT_AN_ARRAY):
+        try:
+            accepted, errors = accept_events(body)
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: still the body's answer, never a 500 loop
+            log.exception("body not decodable")
+            return self._error(400, f"body not decodable: {type(exc).__name__}")
+        if not accepted and len(errors) == 1 and errors[0].index == -1:
             return self._error(400, errors[0].reason)  # nothing in it can be accepted; retrying cannot help
         if errors:
             self.metrics.events_rejected.inc(len(errors))
@@ -88,9 +96,9 @@ class Ingest:
             await self.spool.append(records)
         except SpoolFull as exc:
             return self._error(503, str(exc), {"Retry-After": self.retry_after})
-        except OSError as exc:  # disk error: not durable, so not acknowledged
+        except OSError as exc:  # disk error: not durable, so not acknowledged; the sender retries
             log.error("spool write failed", extra={"error": repr(exc)})
-            return self._error(500, f"spool write failed: {exc}")
+            return self._error(503, f"spool write failed: {exc.strerror or exc}", {"Retry-After": self.retry_after})
         self.metrics.events_received.inc(count)
         self.metrics.spool_bytes.set(self.spool.bytes)
         try:
@@ -99,10 +107,24 @@ class Ingest:
             log.error("spool segment not sealed", extra={"error": repr(exc)})
         return self._answer(200, ingest_answer(count, errors))
 
+    def health(self) -> dict:
+        """What /healthz says besides its status: enough to see storage falling behind or hanging."""
+        return {"status": "ok" if self.accepting else "stopping", "spool_bytes": self.spool.bytes,
+                "spool_segments": len(self.spool.sealed()) + (1 if self.spool.active_bytes else 0),
+                "oldest_unflushed_s": round(self.spool.oldest_unflushed_s(), 3),
+                "storage_backoff_s": round(self.flusher.backoff.current, 3)}
+
+    def _update_gauges(self) -> None:
+        self.metrics.spool_bytes.set(self.spool.bytes)
+        self.metrics.spool_segments.set(len(self.spool.sealed()) + (1 if self.spool.active_bytes else 0))
+        self.metrics.oldest_unflushed.set(self.spool.oldest_unflushed_s())
+
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n" if self.accepting else "stopping\n", status=200 if self.accepting else 503)
+        # alive while it can take events: a storage outage is what the spool is for, so it stays 200
+        return web.json_response(self.health(), status=200 if self.accepting else 503)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
+        self._update_gauges()
         body, content_type = self.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -110,6 +132,13 @@ class Ingest:
         # client_max_size makes aiohttp refuse a chunked body over the limit while reading it
         app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_post("/v1/events", self.post_events)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics_page)
+        return app
+
+    def metrics_app(self) -> web.Application:
+        """What the pod network may reach: probes and Prometheus, no ingest."""
+        app = web.Application(client_max_size=1024)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics_page)
         return app

@@ -45,8 +45,11 @@ async def every(interval: float, stopping: asyncio.Event, step: Callable[[], Awa
 
 
 class Settings(CommonSettings):
-    host: str = Field("0.0.0.0", description="address to listen on (Ray posts to 127.0.0.1; Prometheus scrapes the pod IP)")
+    host: str = Field("127.0.0.1", description="address of /v1/events (and /healthz, /metrics): Ray's agent posts from "
+                                             "the same pod, so nothing else in the pod network can forge events")
     port: int = Field(8084, description="port of /v1/events, /healthz and /metrics")
+    metrics_host: str = Field("0.0.0.0", description="address of the pod-network port (Prometheus, kubelet probes)")
+    metrics_port: int = Field(8085, description="port of /metrics and /healthz only, for the pod network (-1: none)")
     cluster_name: str = Field("local", description="RayCluster name (the storage and index key)")
     namespace: str = Field("default", description="Kubernetes namespace of the RayCluster")
     owner_kind: str = Field("", description="kind of the RayCluster's owner (RayJob, RayService), if any")
@@ -84,15 +87,17 @@ class Collector:
         self.registry = SessionRegistry(self.store, self.writer, s.owner_kind, s.owner_name)
         self.flusher = Flusher(self.spool, self.store, s.namespace, s.cluster_name, self.metrics,
                                self.registry.note, s.flush_interval, s.flush_bytes)
-        self.ingest = Ingest(self.spool, self.flusher, self.metrics, s.max_body_bytes, s.flush_interval)
+        self.ingest = Ingest(self.spool, self.flusher, self.metrics, s.max_body_bytes)
         self.uploader = LogUploader(self.store, s.ray_temp_root, Path(s.spool_dir) / "logs-state.json",
                                     s.namespace, s.cluster_name, self.metrics, self.registry.note_on_disk)
         self.poller = (DashboardPoller(s.dashboard_url, self.store, s.namespace, s.cluster_name, self.writer,
                                        self.metrics) if s.dashboard_url else None)
         self.stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self.port = s.port
+        self.metrics_port = s.metrics_port
 
     async def start(self) -> None:
         self.metrics.spool_bytes.set(self.spool.bytes)
@@ -101,6 +106,11 @@ class Collector:
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        if self.settings.metrics_port >= 0:
+            self._metrics_runner = web.AppRunner(self.ingest.metrics_app(), access_log=None)
+            await self._metrics_runner.setup()
+            await web.TCPSite(self._metrics_runner, self.settings.metrics_host, self.settings.metrics_port).start()
+            self.metrics_port = self._metrics_runner.addresses[0][1]
         interval = self.settings.log_upload_interval
         self._tasks = [asyncio.create_task(self.flusher.run(self.stopping), name="flusher"),
                        asyncio.create_task(every(interval, self.stopping, self.uploader.upload_cycle),
@@ -111,7 +121,7 @@ class Collector:
         if self.spool.sealed():
             self.flusher.wake()  # a predecessor's acknowledged events go first
         log.info("collector started", extra={
-            "port": self.port, "storage": self.store.redacted_url, "cluster": self.settings.cluster_name,
+            "port": self.port, "metrics_port": self.metrics_port, "storage": self.store.redacted_url, "cluster": self.settings.cluster_name,
             "namespace": self.settings.namespace, "writer": self.writer, "spool_bytes": self.spool.bytes,
             "dashboard_url": self.settings.dashboard_url or None})
 
@@ -124,6 +134,8 @@ class Collector:
         self.flusher.wake()
         if self._runner is not None:
             await self._runner.cleanup()  # stops listening; waits for requests in flight
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         _, pending = await asyncio.wait(self._tasks, timeout=max(0.0, deadline - loop.time()) / 2)
         for task in pending:  # a storage call hanging on a dead endpoint
             task.cancel()

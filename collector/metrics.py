@@ -29,6 +29,16 @@ class CollectorMetrics:
                                           registry=r)
         self.log_files_skipped = Counter("rayhistory_collector_log_files_skipped",
                                          "log files whose path cannot be a storage key", registry=r)
+        self.spool_damaged = Counter("rayhistory_collector_spool_records_damaged",
+                                     "damaged spool records skipped (a disk fault; logged with their offsets)",
+                                     registry=r)
+        self.spool_segments = Gauge("rayhistory_collector_spool_segments", "spool segments not yet in storage",
+                                    registry=r)
+        self.oldest_unflushed = Gauge("rayhistory_collector_oldest_unflushed_seconds",
+                                      "age of the oldest spooled event not yet in storage (grows while storage "
+                                      "is down or hangs)", registry=r)
+        self.last_flush = Gauge("rayhistory_collector_last_flush_timestamp_seconds",
+                                "when a spool segment last reached storage", registry=r)
         self.endpoint_polls = Counter("rayhistory_collector_endpoint_polls", "dashboard endpoint polls, by result",
                                       ["endpoint", "result"], registry=r)
 

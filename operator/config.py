@@ -23,7 +23,8 @@ FINALIZER = f"{GROUP}/record"
 KOPF_PREFIX = f"operator.{GROUP}"
 
 COLLECTOR_CONTAINER = "rayhistory-collector"
-COLLECTOR_PORT = 8084
+COLLECTOR_PORT = 8084  # ingest, on the pod's loopback only
+COLLECTOR_METRICS_PORT = 8085  # /metrics and /healthz, for Prometheus and the kubelet
 RAY_TEMP_ROOT = "/tmp/ray"
 # KubeRay's own name for the /tmp/ray emptyDir it shares between Ray and its autoscaler sidecar: using it
 # makes KubeRay mount our volume into the autoscaler too, instead of a second, separate /tmp/ray.

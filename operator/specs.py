@@ -245,6 +245,7 @@ def build_collector_container(
     collector = spec.collector
     env = _storage_env(spec) + [
         {"name": "RAYHISTORY_PORT", "value": str(config.COLLECTOR_PORT)},
+        {"name": "RAYHISTORY_METRICS_PORT", "value": str(config.COLLECTOR_METRICS_PORT)},
         {"name": "RAYHISTORY_CLUSTER_NAME", "value": cluster_name},
         {"name": "RAYHISTORY_NAMESPACE", "value": namespace},
         {"name": "RAYHISTORY_OWNER_KIND", "value": owner[0]},
@@ -263,8 +264,9 @@ def build_collector_container(
         "imagePullPolicy": collector.image_pull_policy,
         "args": ["collector"],
         "env": env,
-        "ports": [{"name": "rh-collector", "containerPort": config.COLLECTOR_PORT}],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": config.COLLECTOR_PORT}, "periodSeconds": 10},
+        # ingest listens on the pod's loopback (Ray's agent posts from the same pod): only metrics are a port
+        "ports": [{"name": "rh-metrics", "containerPort": config.COLLECTOR_METRICS_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": config.COLLECTOR_METRICS_PORT}, "periodSeconds": 10},
         "resources": copy.deepcopy(collector.resources),
         "volumeMounts": [
             {"name": volume, "mountPath": config.RAY_TEMP_ROOT},

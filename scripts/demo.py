@@ -208,7 +208,7 @@ def record_session(workdir: Path, store_url: str) -> SessionRef:
     temp_root = Path(tempfile.mkdtemp(prefix="rh-demo-", dir="/tmp"))
     collector = Process("collector", [
         str(BIN / "rayhistory"), "collector", "--storage", store_url, "--host", "127.0.0.1",
-        "--port", str(collector_port), "--namespace", NAMESPACE, "--cluster-name", CLUSTER,
+        "--port", str(collector_port), "--metrics-port", "-1", "--namespace", NAMESPACE, "--cluster-name", CLUSTER,
         "--ray-temp-root", str(temp_root), "--spool-dir", str(workdir / "spool"),
         "--flush-interval", "1", "--log-upload-interval", str(POLL_INTERVAL_S), "--log-format", "text",
         "--dashboard-url", f"http://127.0.0.1:{dashboard_port}",

@@ -19,7 +19,9 @@ class CollectorProcess:
                  port: int | None = None, via_env: bool = False, **settings: object):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        settings = {"storage": storage, "storage_options": storage_options, "host": "127.0.0.1", "port": self.port,
+        self.metrics_port = free_port()
+        settings = {"storage": storage, "storage_options": storage_options, "port": self.port,
+                    "metrics_port": self.metrics_port,
                     "spool_dir": spool_dir, "ray_temp_root": ray_temp_root, "log_format": "text", **settings}
         argv = [sys.executable, "-m", "rayhistory", "collector"]
         env = {}

@@ -13,7 +13,7 @@ from tests.conftest import HEAD_NODE_ID, SESSION_NAME, received_bodies
 
 @pytest.fixture
 async def collector(tmp_path):
-    settings = Settings(storage=f"file://{tmp_path}/store", host="127.0.0.1", port=0, spool_dir=str(tmp_path / "spool"),
+    settings = Settings(storage=f"file://{tmp_path}/store", port=0, metrics_port=0, spool_dir=str(tmp_path / "spool"),
                         ray_temp_root=str(tmp_path / "ray"), flush_interval=3600, log_upload_interval=3600,
                         max_body_bytes=200_000, spool_max_bytes=2_000_000, shutdown_grace=10)
     c = Collector(settings)
@@ -60,10 +60,73 @@ async def test_good_events_are_accepted_and_bad_ones_listed_with_reasons(collect
     assert ids == [good[0]["eventId"], good[1]["eventId"], good[2]["eventId"]]
 
 
-async def test_a_body_that_is_not_an_array_of_events_is_a_400(collector, http):
-    async with http.post(url(collector, "/v1/events"), data=b'{"eventId": "x"') as resp:
+@pytest.mark.parametrize("body", [b'{"eventId": "x"', b"", b"   ", b'{"eventId": "x"}', b"17", b'"[]"', b"[1, 2"])
+async def test_a_body_that_is_not_an_array_of_events_is_a_400(collector, http, body):
+    """Issue 9, item 6: a JSON object and an empty body used to get a 200."""
+    async with http.post(url(collector, "/v1/events"), data=body) as resp:
         assert resp.status == 400
-        assert "error" in await resp.json()
+        assert "not a JSON array" in (await resp.json())["error"]
+    assert collector.spool.bytes == 0
+
+
+def _crafted(template: dict, event_id: str, **fields) -> dict:
+    return dict(template, eventId=event_id, **fields)
+
+
+async def test_crafted_identities_and_deep_nesting_are_rejected_alone_and_their_neighbours_flushed(collector, http):
+    """Issue 9, items 1, 2 and 4: a session name ending in a newline, a very long pid, fullwidth digits, an
+    event nested a thousand levels deep: each is rejected alone, the request is a 200, and every event it
+    acknowledged (before and after them, in one segment) reaches storage."""
+    good = [e for body in received_bodies() for e in body if e["sessionName"] == SESSION_NAME][:6]
+    base = good[0]
+    deep = "DEEP"  # placeholder: json.dumps itself cannot write a thousand levels
+    crafted = [
+        _crafted(base, "bmV3bGluZQ==", sessionName=SESSION_NAME + "\n"),
+        _crafted(base, "bG9uZ3BpZA==", sessionName=SESSION_NAME + "9" * 4000),
+        _crafted(base, "ZnVsbHdpZHRo", sessionName=SESSION_NAME[:-4] + "\uff19\uff16\uff17\uff10"),
+        _crafted(base, "ZGVlcA==", message="deep", taskDefinitionEvent=deep),
+        _crafted(base, "dHJhdmVyc2Fs", sessionName="../../" + SESSION_NAME),
+    ]
+    body = json.dumps(good[:3] + crafted + good[3:]).replace('"DEEP"', '{"x":' * 1000 + "1" + "}" * 1000)
+    async with http.post(url(collector, "/v1/events"), data=body.encode()) as resp:
+        assert resp.status == 200
+        answer = await resp.json()
+    assert answer["accepted"] == len(good)
+    assert sorted(r["index"] for r in answer["rejected"]) == list(range(3, 3 + len(crafted)))
+    deep_reason = next(r["reason"] for r in answer["rejected"] if r["index"] == 6)
+    assert "deeper than" in deep_reason
+    # a second request in the same segment: it must survive whatever the first one held
+    async with http.post(url(collector, "/v1/events"), json=good[:1]) as resp:
+        assert resp.status == 200
+    assert await collector.flusher.flush_all()
+    stored = _stored_event_ids(collector)
+    assert stored == {e["eventId"] for e in good}
+    assert collector.metrics.spool_damaged._value.get() == 0
+
+
+def _stored_event_ids(c: Collector) -> set[str]:
+    import gzip
+    from pathlib import Path
+
+    root = Path(c.store.root)
+    ids = set()
+    for path in root.rglob("*.jsonl.gz"):
+        assert f"/sessions/{c.settings.namespace}/{c.settings.cluster_name}/{SESSION_NAME}/events/" in str(path)
+        ids.update(json.loads(line)["eventId"] for line in gzip.decompress(path.read_bytes()).splitlines())
+    return ids
+
+
+async def test_ingest_is_on_loopback_and_the_pod_network_port_has_no_ingest(collector, http):
+    """Issue 9, item 10: ingest listens on 127.0.0.1 by default; /metrics and /healthz have their own port."""
+    assert Settings().host == "127.0.0.1"
+    assert collector._runner.addresses[0][0] == "127.0.0.1"
+    pod_port = f"http://127.0.0.1:{collector.metrics_port}"
+    async with http.post(pod_port + "/v1/events", json=received_bodies()[0]) as resp:
+        assert resp.status in (404, 405)
+    async with http.get(pod_port + "/metrics") as resp:
+        assert resp.status == 200 and "rayhistory_collector_spool_bytes" in await resp.text()
+    async with http.get(pod_port + "/healthz") as resp:
+        assert resp.status == 200 and (await resp.json())["status"] == "ok"
 
 
 async def test_a_body_over_the_limit_is_a_413_also_when_chunked(collector, http):
@@ -91,7 +154,9 @@ async def test_a_full_spool_answers_503_with_retry_after(collector, http):
             retry_after = resp.headers.get("Retry-After")
         posts += 1
         assert posts < 1000
-    assert status == 503 and int(retry_after) >= 1
+    # issue 9, item 6: the sender's retry is the storage backoff (1 s while storage answers), not the
+    # flush interval (an hour here)
+    assert status == 503 and 1 <= int(retry_after) <= 30
     assert collector.spool.bytes >= collector.settings.spool_max_bytes
     # once the flusher has moved the spool to storage, the same POST is accepted again
     assert await collector.flusher.flush_all()

@@ -80,6 +80,16 @@ async def test_sigterm_flushes_everything_and_records_the_session(tmp_path):
         str(p.relative_to(disk)): p.read_bytes() for p in disk.rglob("*") if p.is_file()}
 
 
+def _spool_holds_events(spool) -> bool:
+    for segment in spool.glob("events/*.seg"):
+        try:
+            if segment.stat().st_size:
+                return True
+        except FileNotFoundError:  # flushed and deleted meanwhile
+            pass
+    return False
+
+
 async def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path):
     storage = f"file://{tmp_path}/store"
     spool = tmp_path / "spool"
@@ -89,10 +99,12 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path):
     with collector_process(storage, spool, tmp_path / "ray", **flags) as first:
         acked_before: set[str] = set()
         sending = asyncio.create_task(post_all(first.url, bodies, acked=acked_before))
-        # mid-stream: batches already in storage, more in the spool, requests in flight
-        while len(acked_before) < 8000 or not await store.list("v1/sessions/"):
+        # mid-stream: batches already in storage, more in the spool, requests in flight (the spool is looked
+        # at last, right before the kill: on a fast machine the flusher empties it within milliseconds)
+        while (len(acked_before) < 8000 or not await store.list("v1/sessions/")
+               or not _spool_holds_events(spool)):
             assert not sending.done()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.002)
         first.kill()
         await sending
     assert len(acked_before) < sum(len(b) for b in bodies), "the kill did not land mid-stream"

@@ -231,6 +231,11 @@ def test_collector_env_and_server_args_are_what_those_parts_read():
     spec = parse_spec(h["spec"])
     collector = specs.build_collector_container(spec, "demo", "ns", ("RayJob", "j"), True, "ray-logs")
     assert {e["name"] for e in collector["env"]} <= {env_name(f) for f in CollectorSettings.model_fields}
+    # issue 9, item 10: ingest stays on the pod's loopback; the kubelet probes the metrics port
+    defaults = CollectorSettings()
+    assert defaults.host == "127.0.0.1"
+    assert collector["readinessProbe"]["httpGet"]["port"] == defaults.metrics_port
+    assert [p["containerPort"] for p in collector["ports"]] == [defaults.metrics_port]
     args = specs.build_server_deployment_spec(h, spec)["spec"]["template"]["spec"]["containers"][0]["args"]
     settings = settings_from_args(ServerSettings, build_parser("server").parse_args(args))
     assert (settings.port, settings.internal_port) == (config.SERVER_PORT, config.SERVER_INTERNAL_PORT)
