@@ -23,7 +23,12 @@ class Settings(CommonSettings):
         8081, description="internal port: /internal/prewarm, /metrics, /healthz (never exposed by the Ingress)",
     )
     prewarm_token: SecretStr = Field(
-        SecretStr(""), description="bearer token /internal/prewarm requires (empty: the separate port is the only guard)",
+        SecretStr(""), description="bearer token /internal/prewarm requires; without one the server does not start "
+        "unless --insecure-internal-port is given",
+    )
+    insecure_internal_port: bool = Field(
+        False, description="serve /internal/prewarm without a token (local runs only: anyone who reaches the "
+        "internal port can then make this replica load any session)",
     )
     cache_max_sessions: int = Field(50, ge=1, description="parsed sessions kept in memory per replica")
     cache_max_bytes: int = Field(4 << 30, ge=1 << 20, description="measured bytes of parsed sessions kept per replica")
@@ -43,9 +48,24 @@ class Settings(CommonSettings):
     )
 
 
+class InsecureInternalPort(RuntimeError):
+    pass
+
+
+def check_internal_port(settings: Settings) -> None:
+    """The internal port loads sessions on request: it needs a token, or an explicit insecure opt-in."""
+    if not settings.prewarm_token.get_secret_value() and not settings.insecure_internal_port:
+        raise InsecureInternalPort(
+            "no --prewarm-token (RAYHISTORY_PREWARM_TOKEN): the internal port would let anyone who reaches it "
+            "load any session; set a token, or pass --insecure-internal-port for a local run")
+    if settings.insecure_internal_port and not settings.prewarm_token.get_secret_value():
+        log.warning("the internal port takes pre-warm calls without a token (--insecure-internal-port)")
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     from .app import create_app
 
+    check_internal_port(settings)
     public, internal = create_app(settings)
     runners = [web.AppRunner(public, access_log=None), web.AppRunner(internal, access_log=None)]
     try:
@@ -69,5 +89,9 @@ def main(settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except InsecureInternalPort as exc:
+        log.error(str(exc))
+        return 2
     return 0

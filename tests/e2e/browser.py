@@ -39,7 +39,7 @@ def http_ok(url: str) -> bool:
 async def running_server(store_url: str):
     """`rayhistory server` (its real serve()) on free ports of 127.0.0.1; yields the public base URL."""
     settings = Settings(storage=store_url, host="127.0.0.1", port=free_port(), internal_port=free_port(),
-                        log_format="text")
+                        prewarm_token="browser-tests", log_format="text")
     stop = asyncio.Event()
     server = asyncio.create_task(serve(settings, stop))
     base = f"http://127.0.0.1:{settings.port}/"

@@ -310,6 +310,24 @@ async def test_prewarm_token_is_enforced_when_set(store):
         assert await stored_snapshots(store, ref) != []
 
 
+def test_the_server_does_not_start_with_an_open_internal_port(tmp_path):
+    """Issue 9, item 8: without a token the internal port let anyone who reached it load any session."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import free_port
+
+    rayhistory = str(Path(sys.executable).parent / "rayhistory")
+    argv = [rayhistory, "server", "--storage", f"file://{tmp_path}", "--host", "127.0.0.1",
+            "--port", str(free_port()), "--internal-port", str(free_port()), "--log-format", "text"]
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--insecure-internal-port" in refused.stderr
+    env_token = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                               env={"RAYHISTORY_PREWARM_TOKEN": "", "PATH": "/usr/bin:/bin"})
+    assert env_token.returncode == 2
+
+
 async def test_a_session_marked_dead_after_a_live_load_is_stored_by_the_prewarm(store):
     ref = await write_fixture_session(store, dead=False, with_logs=False)
     async with running_server(store) as (client, internal, _state):
