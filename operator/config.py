@@ -23,6 +23,10 @@ FINALIZER = f"{GROUP}/record"
 KOPF_PREFIX = f"operator.{GROUP}"
 
 COLLECTOR_CONTAINER = "rayhistory-collector"
+# The servers' internal-port token: one Secret in the operator's namespace, copied into each RayHistory's.
+INTERNAL_TOKEN_SECRET = "rayhistory-internal-token"
+INTERNAL_TOKEN_KEY = "token"
+
 COLLECTOR_PORT = 8084  # ingest, on the pod's loopback only
 COLLECTOR_METRICS_PORT = 8085  # /metrics and /healthz, for Prometheus and the kubelet
 RAY_TEMP_ROOT = "/tmp/ray"
@@ -74,7 +78,12 @@ class Settings(CommonSettings):
         description="base URL of the server's internal port for pre-warm calls; empty means "
         "http://<server-service>.<namespace>.svc:8081",
     )
-    prewarm_token: str = Field("", description="bearer token for the server's /internal/prewarm")
+    prewarm_token: str = Field(
+        "", description="bearer token of the servers' /internal/prewarm; empty: the operator keeps a random one in "
+        "the Secret rayhistory-internal-token of its own namespace and hands it to every server it deploys")
+    operator_namespace: str = Field(
+        "", description="the operator's own namespace (the downward API sets it in deploy/): where the internal "
+        "token's Secret lives")
     prewarm_timeout: float = Field(10.0, description="seconds one pre-warm call may take")
     liveness_port: int = Field(8090, description="port of the operator's /healthz (0 disables it)")
     metrics_port: int = Field(8091, description="port of the operator's Prometheus /metrics (0 disables it)")

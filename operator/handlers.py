@@ -14,6 +14,7 @@ from rayhistory.store import Store
 
 from . import config, finalizer, injection, reconcile, retention
 from .config import Settings
+from .internal_token import load_operator_token
 from .history import HistorySpec, parse_spec, server_service_url
 from .kube import Kube, object_path
 from .metrics import OperatorMetrics
@@ -33,6 +34,7 @@ class Handlers:
         self._stores: dict[tuple[str, str], Store] = {}
         self.metrics = OperatorMetrics()
         self._metrics_runner = None
+        self._token: str = ""
 
     @property
     def kube(self) -> Kube:
@@ -45,6 +47,11 @@ class Handlers:
         if key not in self._stores:
             self._stores[key] = Store(spec.storage.url, spec.storage.options)
         return self._stores[key]
+
+    async def internal_token(self) -> str:
+        if not self._token:  # after Kopf's login; concurrent first calls read the same Secret
+            self._token = await load_operator_token(self.kube, self.settings)
+        return self._token
 
     def prewarm_url(self, history_name: str, namespace: str) -> str:
         return self.settings.prewarm_url or server_service_url(history_name, namespace, config.SERVER_INTERNAL_PORT)
@@ -61,7 +68,7 @@ class Handlers:
             self.metrics.reconciles.labels("invalid").inc()
             patch.status["conditions"] = [reconcile.ready_condition(False, "InvalidSpec", str(exc)[:1000])]
             raise kopf.PermanentError(f"invalid RayHistory spec: {exc}") from exc
-        status = await reconcile.reconcile(self.kube, dict(body), history_spec)
+        status = await reconcile.reconcile(self.kube, dict(body), history_spec, await self.internal_token())
         self.metrics.reconciles.labels("ok").inc()
         patch.status.update(status)
 
@@ -93,16 +100,26 @@ class Handlers:
 
     async def inject(self, body: kopf.Body, patch: kopf.Patch, warnings: list[str], histories: kopf.Index,
                      **_: Any) -> None:
+        try:
+            self._inject(dict(body), patch, warnings, histories)
+        except Exception as exc:  # noqa: BLE001 - whatever the input, the RayCluster is created unchanged
+            patch.clear()
+            self.metrics.admissions.labels("skipped").inc()
+            warnings.append(f"rayhistory: collector not injected ({type(exc).__name__})")
+            log.warning("injection failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    def _inject(self, body: dict[str, Any], patch: kopf.Patch, warnings: list[str], histories: kopf.Index) -> None:
+        meta = body.get("metadata") or {}
         watched = self.settings.watched_namespaces()
-        if watched and body.get("metadata", {}).get("namespace") not in watched:
+        if watched and meta.get("namespace") not in watched:
             return  # its deletion would never be seen, so its finalizer would never be released
         known = [value for key in histories for value in histories[key]]
-        changes, note = injection.admission_patch(dict(body), known)
+        changes, note = injection.admission_patch(body, known)
         if changes is None:
             if note.startswith("rayhistory:"):
                 self.metrics.admissions.labels("skipped").inc()
                 warnings.append(note)
-                log.warning("injection skipped", extra={"cluster": body.get("metadata", {}).get("name"), "why": note})
+                log.warning("injection skipped", extra={"cluster": meta.get("name"), "why": note})
             else:
                 self.metrics.admissions.labels("unchanged").inc()
             return
@@ -133,7 +150,7 @@ class Handlers:
         self.metrics.clusters_recorded.labels("flushed" if recorded.flushed else "deadline").inc()
         self.metrics.sessions_marked_dead.inc(len(recorded.marked))
         hmeta = history["metadata"]
-        results = await prewarm(self.prewarm_url(hmeta["name"], hmeta["namespace"]), self.settings.prewarm_token,
+        results = await prewarm(self.prewarm_url(hmeta["name"], hmeta["namespace"]), await self.internal_token(),
                                 [s.ref for s in recorded.marked], self.settings.prewarm_timeout)
         for status in results.values():
             self.metrics.prewarms.labels("ok" if status in (200, 202) else "failed").inc()

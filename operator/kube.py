@@ -30,6 +30,7 @@ PLURALS = {
     "Ingress": "ingresses",
     "ClusterRoleBinding": "clusterrolebindings",
     "Pod": "pods",
+    "Secret": "secrets",
 }
 
 
@@ -96,6 +97,17 @@ class Kube:
             except ApiException as exc:
                 if exc.status != 409:  # created meanwhile: patch it below
                     raise
+        return await self.request("PATCH", path, obj, "application/merge-patch+json")
+
+    async def put(self, obj: Obj) -> Obj:
+        """Create the object, or merge-patch it if it exists, without reading it first: for Secrets, which
+        the operator may write but not read outside its own namespace."""
+        path = path_of(obj)
+        try:
+            return await self.request("POST", path.rsplit("/", 1)[0], obj)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
         return await self.request("PATCH", path, obj, "application/merge-patch+json")
 
     async def delete(self, path: str) -> bool:

@@ -25,8 +25,10 @@ def ready_condition(ok: bool, reason: str, message: str) -> dict[str, Any]:
     }
 
 
-async def reconcile(kube: Kube, history: dict[str, Any], spec: HistorySpec) -> dict[str, Any]:
+async def reconcile(kube: Kube, history: dict[str, Any], spec: HistorySpec, internal_token: str) -> dict[str, Any]:
     """Bring the server's objects to the desired state; returns the status to record."""
+    if spec.server.prewarm_token_secret is None:  # else the user's Secret holds the token (docs/operator.md)
+        await kube.put(specs.build_internal_token_secret_spec(history, internal_token))
     await kube.apply(specs.build_service_account_spec(history))
     await kube.apply(specs.build_cluster_role_binding_spec(history))
     await kube.apply(specs.build_server_deployment_spec(history, spec))

@@ -95,15 +95,30 @@ def build_cluster_role_binding_spec(history: Obj) -> Obj:
     }
 
 
+def internal_token_secret_name(history: Obj) -> str:
+    return f"{server_name(history['metadata']['name'])}-internal-token"
+
+
+def build_internal_token_secret_spec(history: Obj, token: str) -> Obj:
+    """The server's copy of the operator's internal-port token, owned by (and deleted with) its RayHistory."""
+    meta = history["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": internal_token_secret_name(history), "namespace": meta["namespace"],
+                     "labels": labels(meta["name"]), "ownerReferences": [owner_reference(history)]},
+        "stringData": {config.INTERNAL_TOKEN_KEY: token},
+    }
+
+
 def build_server_deployment_spec(history: Obj, spec: HistorySpec) -> Obj:
     name, namespace = history["metadata"]["name"], history["metadata"]["namespace"]
     server = spec.server
     env = _storage_env(spec)
-    if server.prewarm_token_secret:
-        env.append({
-            "name": "RAYHISTORY_PREWARM_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": server.prewarm_token_secret.name, "key": server.prewarm_token_secret.key}},
-        })
+    # Never optional: a server without its token refuses to start rather than open its internal port.
+    token_ref = ({"name": server.prewarm_token_secret.name, "key": server.prewarm_token_secret.key}
+                 if server.prewarm_token_secret else
+                 {"name": internal_token_secret_name(history), "key": config.INTERNAL_TOKEN_KEY})
+    env.append({"name": "RAYHISTORY_PREWARM_TOKEN", "valueFrom": {"secretKeyRef": token_ref}})
     container = {
         "name": "server",
         "image": server.image,
