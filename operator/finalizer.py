@@ -61,14 +61,16 @@ class Recorded:
     flushed: bool  # every collector confirmed its final flush (else the deadline ended the wait)
 
 
-async def record_cluster(store: Store, namespace: str, cluster: str, deadline_reached: bool) -> Recorded:
-    """Mark the cluster's sessions dead once flushed; raises FlushPending while waiting is allowed."""
+async def record_cluster(store: Store, namespace: str, cluster: str, deadline_reached: bool,
+                         end_ms: int | None = None) -> Recorded:
+    """Mark the cluster's sessions dead once flushed (ended at `end_ms`, the deletion time); raises
+    FlushPending while waiting is allowed."""
     sessions = await SessionIndex(store).sessions(namespace, cluster)
     pending = pending_flush(sessions)
     if pending and not deadline_reached:
         raise FlushPending(pending)
     reason = dead_reason(pending)
-    marked = await mark_dead(store, namespace, cluster, None, reason)
+    marked = await mark_dead(store, namespace, cluster, None, reason, end_ms)
     log.info("cluster recorded", extra={"namespace": namespace, "cluster": cluster, "reason": reason,
                                         "sessions": [s.session for s in marked]})
     return Recorded(marked, reason, flushed=not pending)

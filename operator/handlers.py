@@ -143,7 +143,9 @@ class Handlers:
         now = datetime.datetime.now(datetime.timezone.utc)
         reached = finalizer.deadline_passed(meta.get("deletionTimestamp"), self.settings.finalizer_deadline, now)
         try:
-            recorded = await finalizer.record_cluster(self.store(history_spec), namespace, name, reached)
+            deleted_at = meta.get("deletionTimestamp")
+            end_ms = int(finalizer.parse_timestamp(deleted_at).timestamp() * 1000) if deleted_at else None
+            recorded = await finalizer.record_cluster(self.store(history_spec), namespace, name, reached, end_ms)
         except finalizer.FlushPending as exc:
             self.metrics.flush_waits.inc()
             raise kopf.TemporaryError(str(exc), delay=self.settings.finalizer_poll_interval) from exc

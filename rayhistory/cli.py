@@ -21,6 +21,8 @@ class MarkDeadSettings(CommonSettings):
     cluster: str = Field(..., description="RayCluster name")
     session: str = Field("", description="one session to mark (default: every live session of the cluster)")
     reason: str = Field("marked dead by hand", description="why, recorded in the index")
+    end_time: str = Field("", description="when the session ended (RFC3339, e.g. 2026-11-23T14:00:00Z); default: "
+                                          "its last recorded activity (last event batch, endpoint poll or flush)")
 
 
 # subcommand -> (module with `Settings` and `main(settings) -> int`, help). A part's module is imported
@@ -37,9 +39,16 @@ def _mark_dead(settings: MarkDeadSettings) -> int:
     from .index import mark_dead
     from .store import Store
 
+    from .events import ts_ms
+
+    try:
+        end_ms = ts_ms(settings.end_time) if settings.end_time else None
+    except ValueError as exc:
+        print(f"--end-time: {exc}", file=sys.stderr)
+        return 2
     store = Store(settings.storage, settings.storage_options)
     marked = asyncio.run(
-        mark_dead(store, settings.namespace, settings.cluster, settings.session or None, settings.reason)
+        mark_dead(store, settings.namespace, settings.cluster, settings.session or None, settings.reason, end_ms)
     )
     print(json.dumps({"marked_dead": [s.session for s in marked]}))
     return 0

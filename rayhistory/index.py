@@ -181,12 +181,27 @@ class SessionIndex:
         return merged[0] if merged else None
 
 
+def last_activity_ms(keys: list[str]) -> int:
+    """The last time anything of a session was written, from its keys' own times (pure): its newest event
+    batch, endpoint answer or index record (a collector's final `flushed` record among them). Event batch
+    names carry their spool segment's start, so this is exact to the flush interval. 0 if none says."""
+    return max((t for t in map(layout.written_at_ms, keys) if t is not None), default=0)
+
+
+async def session_last_activity_ms(store: Store, ref: SessionRef) -> int:
+    keys = [o.key for o in await store.list(layout.session_prefix(ref))]
+    keys += [o.key for o in await store.list(layout.index_session_prefix(ref)) if "/dead-" not in o.key]
+    return last_activity_ms(keys)
+
+
 async def mark_dead(
     store: Store, namespace: str, cluster: str, session: str | None = None, reason: str = "cluster deleted",
     end_ms: int | None = None,
 ) -> list[SessionInfo]:
     """Mark one session (or every live session of a cluster) dead. Idempotent: dead stays dead.
 
+    The end is `end_ms` when given (the operator: the RayCluster's deletion time), else each session's last
+    recorded activity (a session closed by hand a week later did not run for that week), else now.
     Used by `rayhistory mark-dead`, by the collector on a head restart, and by the operator's finalizer.
     """
     index = SessionIndex(store)
@@ -201,6 +216,7 @@ async def mark_dead(
     for info in sessions:
         if info.state == "dead":
             continue
-        await index.append(info.ref, IndexKind.DEAD, end_ms=end_ms or layout.now_ms(), reason=reason)
+        end = end_ms or await session_last_activity_ms(store, info.ref) or layout.now_ms()
+        await index.append(info.ref, IndexKind.DEAD, end_ms=end, reason=reason)
         marked.append(info)
     return marked

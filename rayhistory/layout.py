@@ -254,6 +254,17 @@ def parse_log_part_key(ref: SessionRef, key: str) -> LogPartName:
     return LogPartName(check_node_id(node_id), check_relpath(relpath), int(m.group(1)), int(m.group(2)))
 
 
+_WRITTEN_AT_RE = re.compile(r"(?:(?:live|flushed|dead)-)?(\d{13})-[A-Za-z0-9]{1,64}(?:-\d{8})?\.(?:json|jsonl\.gz|snap)",
+                            re.ASCII)
+
+
+def written_at_ms(key: str) -> int | None:
+    """When the writer of an index record, event batch, endpoint answer or snapshot named it (its key's
+    unix ms), or None for keys that carry no time (log parts)."""
+    m = _WRITTEN_AT_RE.fullmatch(key.rsplit("/", 1)[-1])
+    return int(m.group(1)) if m else None
+
+
 def latest_key(keys: list[str]) -> str | None:
     """Keys named {unix_ms}-... sort by time; the newest write of an endpoint or snapshot wins."""
     return max(keys, key=lambda k: k.rsplit("/", 1)[-1]) if keys else None

@@ -102,13 +102,15 @@ async def test_retention_run_removes_exactly_the_doomed_sessions(tmp_path):
     await write_session(store, recent, layout.session_start_ms(recent.session) + 3600_000)
     await write_session(store, live_old, None)
     await write_session(store, superseded, None)
+    # its last write an hour ago: closed now, it ends then (issue 10, item 5), so retention keeps it
+    await store.put(layout.event_batch_key(superseded, NODE_A, "test", 2, NOW - 3600_000), b"events")
     await write_session(store, current, None)
     before = {o.key for o in await store.list("")}
 
     run = await retention.apply_retention(store, RetentionSpec(max_age="7d"), NOW, superseded_grace_ms=DAY_MS)
 
     assert run.closed == [superseded.tail]
-    assert run.deleted == [old.tail]  # the superseded session just ended: kept for 7 more days
+    assert run.deleted == [old.tail]  # the superseded session ended an hour ago: kept for 7 more days
     old_keys = {k for k in before if k.startswith((layout.session_prefix(old), layout.index_session_prefix(old)))}
     assert len(old_keys) == 6 and run.deleted_objects == 6  # raw events, logs, endpoints, snapshots, index
     after = {o.key for o in await store.list("")}
@@ -118,6 +120,7 @@ async def test_retention_run_removes_exactly_the_doomed_sessions(tmp_path):
     assert run.sessions_recorded == 4
     states = {s.ref: s.state for s in await SessionIndex(store).sessions()}
     assert states == {recent: "dead", live_old: "live", superseded: "dead", current: "live"}
+    assert {s.ref: s.end_ms for s in await SessionIndex(store).sessions()}[superseded] == NOW - 3600_000
 
     again = await retention.apply_retention(store, RetentionSpec(max_age="7d"), NOW, superseded_grace_ms=DAY_MS)
     assert (again.closed, again.deleted) == ([], [])
