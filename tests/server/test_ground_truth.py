@@ -181,11 +181,12 @@ _ID_KEYS = ("task_id", "actor_id", "worker_id", "node_id", "placement_group_id",
 
 
 def _list_id(items: list) -> str | None:
-    """The key that identifies the elements of a list of rows, if every row has a distinct one."""
+    """The key that identifies the elements of a list of rows, if every row has a distinct one. Task rows
+    are attempts: (task_id, attempt_number) identifies them, also when a retried task repeats its id."""
     if not items or not all(isinstance(i, dict) for i in items):
         return None
     for key in _ID_KEYS:
-        ids = [i.get(key) for i in items]
+        ids = [_element_id(i, key) if i.get(key) else None for i in items]
         if all(ids) and len(set(ids)) == len(ids):
             return key
     if all(i.get("job_id") or i.get("submission_id") for i in items):
@@ -199,6 +200,19 @@ def _element_id(item: dict, key: str) -> str:
     if key == "task_id":
         return f"{item['task_id']}:{item.get('attempt_number', 0)}"
     return str(item[key])
+
+
+def test_the_comparator_keys_task_rows_by_attempt():
+    """Issue 10, item 8: with a retried task the ids repeat; keyed by a field shared by every row, the rows
+    collapsed into one and only one was compared."""
+    live = [{"task_id": "t1", "attempt_number": 0, "state": "FAILED", "job_id": "01"},
+            {"task_id": "t1", "attempt_number": 1, "state": "FINISHED", "job_id": "01"},
+            {"task_id": "t2", "attempt_number": 0, "state": "FINISHED", "job_id": "01"}]
+    ours = [dict(live[0]), dict(live[1], state="FAILED"), dict(live[2])]
+    assert _list_id(live) == "task_id"
+    assert diff(live, ours) == [("/t1:1/state", "FINISHED", "FAILED")]
+    assert diff(live, live[:2]) == [("/t2:0", live[2], "<absent>")]
+    assert diff(live, list(reversed(live)))[0][0] == "/<order>"
 
 
 def diff(live, ours, path: str = "") -> list[tuple[str, object, object]]:
