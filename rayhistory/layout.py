@@ -70,6 +70,14 @@ def check_node_id(value: str) -> str:
     return _check(value, _NODE_ID_RE, "node id (56 hex digits)")
 
 
+_HEX_ID_RE = re.compile(r"[0-9a-f]{2,64}", re.ASCII)
+
+
+def is_hex_id(value: object) -> bool:
+    """A Ray id in the dashboard's hex form (job, actor, task ids): lowercase hex, at most 32 bytes."""
+    return isinstance(value, str) and _HEX_ID_RE.fullmatch(value) is not None
+
+
 def check_writer(value: str) -> str:
     return _check(value, _WRITER_RE, "writer id")
 

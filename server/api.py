@@ -1293,8 +1293,12 @@ def serve_applications(s: Snapshot, query: Query) -> tuple[int, Body]:
     return 501, "Serve was not running in this session."
 
 
-def datasets(s: Snapshot, query: Query, job_id: str) -> tuple[int, dict]:
-    # Ray Data metrics live in the running head only; an empty list renders as "no datasets".
+def datasets(s: Snapshot, query: Query, job_id: str) -> tuple[int, Body]:
+    # the collector's last poll of the job's datasets (collector/dashboard_poll.py); without one, an empty list
+    # renders as "no datasets"
+    stored = s.endpoints.get(f"datasets_{job_id}")
+    if stored is not None:
+        return 200, stored
     return 200, {"datasets": []}
 
 

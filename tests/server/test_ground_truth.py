@@ -36,6 +36,7 @@ ENDPOINT_FILES = {
     "cluster_metadata": "api__v0__cluster_metadata.json",
     "timezone": "timezone.json",
     "cluster_status": "api__cluster_status__format=1.json",
+    "version": "api__version.json",
 }
 
 
@@ -99,7 +100,6 @@ ALLOWED: list[Allowed] = [
     Allowed(r"^/api/data/datasets/", "", "the live head had no pandas (503); Ray Data metrics are not recorded, "
                                          "we answer an empty dataset list"),
     Allowed(r"^/api/cluster_status$", "/*", "the collector stores the ?format=1 answer only; we serve it for both"),
-    Allowed(r"^/api/(ray/)?version", "/ray_commit", "not among the endpoint answers the collector stores"),
     Allowed(r"^/api/grafana_health", "/data/exception", "the live error text names the head's local Grafana port"),
     Allowed(r"^/api/prometheus_health", "/data/reason", "the live error text names the head's local Prometheus port"),
     Allowed(r"^/api/serve/applications/", "", "Serve was not installed on the capture head; we say it did not run"),
@@ -386,3 +386,13 @@ def test_log_listing_matches_live_as_sets(snapshot):
         ours = {(group, f) for group, files in body["data"]["result"].items() for f in files}
         assert {f for _, f in live - ours} <= {"nsight/", "old/", "profiles/", "rocprof_sys/"}
         assert ours - live and all(re.search(r"_(9785|9789)\.log$", f) for _, f in ours - live)
+
+
+def test_ray_data_is_served_from_the_collectors_last_poll():
+    """Issue 10, item 9: the datasets answer the collector stored for a job (endpoint datasets_<job id>)."""
+    builder = SnapshotBuilder(REF, dead=True, end_ms=1)
+    answer = b'{"datasets": [{"dataset": "dataset_1_0", "job_id": "01000000", "state": "FINISHED"}]}'
+    builder.add_endpoint("datasets_01000000", answer)
+    s = builder.build()
+    assert call(s, "GET", "/api/data/datasets/01000000") == (200, json.loads(answer))
+    assert call(s, "GET", "/api/data/datasets/02000000") == (200, {"datasets": []})
