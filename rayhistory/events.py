@@ -153,12 +153,15 @@ class ActorTaskDefinition(_TaskSpec):
 
 
 class TaskLogInfo(_Msg):
+    """The offsets are proto3 `optional`: absent (None) is not 0. An absent end means "to the end of the
+    file" (Ray's log_manager), an absent start "from its beginning"."""
+
     stdout_file: str = ""
     stderr_file: str = ""
-    stdout_start: int | str = 0
-    stdout_end: int | str = 0
-    stderr_start: int | str = 0
-    stderr_end: int | str = 0
+    stdout_start: int | str | None = None
+    stdout_end: int | str | None = None
+    stderr_start: int | str | None = None
+    stderr_end: int | str | None = None
 
 
 class TaskLifecycle(_Msg):

@@ -45,7 +45,7 @@ from rayhistory.layout import SessionRef
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: absent task log offsets are -1, not 0
 
 # TaskStatus enum of Ray 2.60 (common.proto); the dashboard orders a task's events by this number.
 TASK_STATES = (
@@ -59,7 +59,7 @@ NIL_PLACEMENT_GROUP = "ff" * 18
 
 _TRANSITION = struct.Struct("<Bq")  # state code, timestamp ns
 _PROFILE = struct.Struct("<IqqI")  # event name (string index), start ns, end ns, extra data (string index)
-_LOG_OFFSETS = struct.Struct("<4q")  # stdout start, stdout end, stderr start, stderr end
+_LOG_OFFSETS = struct.Struct("<4q")  # stdout start, stdout end, stderr start, stderr end; -1: absent
 
 
 class SnapshotFormatError(ValueError):
@@ -351,12 +351,17 @@ _LOG_INFO_KEYS = ("stdout_file", "stderr_file", "stdout_start", "stdout_end", "s
 
 
 def task_log_info(strings: list[str], task: "Task") -> dict | None:
-    """The task's task_log_info as Ray shows it, or None."""
+    """The task's task_log_info as Ray shows it, or None. Offsets no event gave stay absent, as in Ray."""
     if not (task.log_out or task.log_err or task.log_offsets):
         return None
-    offsets = _LOG_OFFSETS.unpack(task.log_offsets) if task.log_offsets else (0, 0, 0, 0)
+    offsets = _LOG_OFFSETS.unpack(task.log_offsets) if task.log_offsets else (-1, -1, -1, -1)
     return {"stdout_file": strings[task.log_out], "stderr_file": strings[task.log_err],
-            **dict(zip(_LOG_INFO_KEYS[2:], offsets))}
+            **{key: offset for key, offset in zip(_LOG_INFO_KEYS[2:], offsets) if offset >= 0}}
+
+
+def _log_offset(value) -> int:
+    """A log offset as the builder accumulates it: offset + 1, and 0 when absent (a real 0 is not absent)."""
+    return 0 if value is None else _int(value) + 1
 
 
 def _decode_bytes_fields(value: Any) -> Any:
@@ -725,8 +730,8 @@ class SnapshotBuilder:
             # offsets arrive in several events (start when the task runs, end when it finishes): merge per field
             _put_all(f, (
                 ("stdout_file", info.stdout_file), ("stderr_file", info.stderr_file),
-                ("stdout_start", _int(info.stdout_start)), ("stdout_end", _int(info.stdout_end)),
-                ("stderr_start", _int(info.stderr_start)), ("stderr_end", _int(info.stderr_end)),
+                ("stdout_start", _log_offset(info.stdout_start)), ("stdout_end", _log_offset(info.stdout_end)),
+                ("stderr_start", _log_offset(info.stderr_start)), ("stderr_end", _log_offset(info.stderr_end)),
             ))
 
     def _task_profile(self, p: TaskProfile) -> None:
@@ -886,7 +891,7 @@ class SnapshotBuilder:
             append(Task(
                 task_id, attempt, *map(ref, map(get, _TASK_STRINGS_HEAD)), get("worker_pid", 0),
                 *map(ref, map(get, _TASK_STRINGS_TAIL)),
-                pack_offsets(*[get(k, 0) for k in _LOG_INFO_KEYS[2:]]) if has_log else b"",
+                pack_offsets(*[get(k, 0) - 1 for k in _LOG_INFO_KEYS[2:]]) if has_log else b"",
                 get("debugger_paused", 0),
                 b"".join([pack_transition(code, ts) for ts, code in transitions]),
                 profile or b"", ref(get("component")), state, end,
@@ -932,7 +937,7 @@ class SnapshotBuilder:
             for name in names:
                 _put(f, name, strings[getattr(t, name)])
             for name, value in (task_log_info(strings, t) or {}).items():
-                _put(f, name, value)
+                _put(f, name, value + 1 if isinstance(value, int) else value)
             _put(f, "worker_pid", t.worker_pid)
             _put(f, "debugger_paused", t.debugger_paused)
             _put(f, "component", strings[t.component])

@@ -315,3 +315,42 @@ def test_routes_are_unique_and_cover_the_ui_paths():
                     "/api/prometheus_health", "/timezone", "/api/v0/actors", "/api/v0/nodes", "/api/v0/jobs",
                     "/api/version"):
         assert ui_path in paths, ui_path
+
+
+def test_absent_task_log_offsets_stay_absent_and_the_log_is_read_to_its_end():
+    """Issue 10, item 4: an end offset no event gave was filled with 0, so the task's log was served empty;
+    Ray reads to the end of the file then (ray/dashboard/modules/log/log_manager.py)."""
+    events = [e for body in received_bodies() for e in body]
+    with_log = next(e for e in events if e["eventType"] == "TASK_LIFECYCLE_EVENT"
+                    and (e["taskLifecycleEvent"].get("taskLogInfo") or {}).get("stdoutEnd"))
+    lifecycle = json.loads(json.dumps(with_log))
+    info = lifecycle["taskLifecycleEvent"]["taskLogInfo"]
+    for key in ("stdoutEnd", "stderrEnd"):
+        info.pop(key)
+    info["stdoutStart"] = 0  # a real 0, which must stay a 0
+    lifecycle["eventId"] = "bm8tZW5k"
+    others = [e for e in events if e["eventId"] != with_log["eventId"]
+              and not (e["eventType"] == "TASK_LIFECYCLE_EVENT"
+                       and e["taskLifecycleEvent"]["taskId"] == with_log["taskLifecycleEvent"]["taskId"]
+                       and (e["taskLifecycleEvent"].get("taskLogInfo") or {}))]
+    snapshot = _build({"k": _batch(others + [lifecycle])})
+    task_id = layout_hex(with_log["taskLifecycleEvent"]["taskId"])
+    attempt = with_log["taskLifecycleEvent"].get("taskAttempt", 0)
+    [task] = [t for t in snapshot.tasks if t.task_id == task_id and t.attempt == attempt]
+    from rayhistory.server.snapshot import task_log_info
+
+    shown = task_log_info(snapshot.strings, task)
+    assert "stdout_end" not in shown and "stderr_end" not in shown
+    assert shown["stdout_start"] == 0 and "stdout_file" in shown
+    resolved = api._resolve_task_log(snapshot, task_id, attempt, "out")
+    assert (resolved.start, resolved.end) == (0, None)
+    # the compacted snapshot keeps the difference, and so does a builder continued from it
+    again = SnapshotBuilder.from_snapshot(decode_snapshot(encode_snapshot(snapshot))).build()
+    [task] = [t for t in again.tasks if t.task_id == task_id and t.attempt == attempt]
+    assert task_log_info(again.strings, task) == shown
+
+
+def layout_hex(b64: str) -> str:
+    import base64
+
+    return base64.b64decode(b64).hex()
