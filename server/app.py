@@ -18,6 +18,7 @@ import asyncio
 from aiohttp import web
 
 from rayhistory import layout
+from rayhistory.compression import InflateLimits
 from rayhistory.index import SessionIndex
 from rayhistory.layout import SessionRef
 from rayhistory.store import Store
@@ -53,8 +54,14 @@ class ServerState:
         metrics = ServerMetrics()
         index = SessionIndex(store, writer)
         cache = SnapshotCache(settings.cache_max_sessions, settings.cache_max_bytes, metrics)
-        loader = SessionLoader(store, index, cache, metrics, writer, settings.load_timeout,
-                               settings.index_refresh_interval, settings.max_concurrent_loads)
+        loader = SessionLoader(
+            store, index, cache, metrics, writer, settings.load_timeout, settings.index_refresh_interval,
+            settings.max_concurrent_loads,
+            inflate_limits=InflateLimits(settings.max_inflated_bytes, settings.max_inflate_ratio),
+            # a compacted snapshot bigger than the whole cache could never be kept anyway
+            snapshot_limits=InflateLimits(max(settings.cache_max_bytes, settings.max_inflated_bytes),
+                                          settings.max_inflate_ratio),
+        )
         directory = routes.SessionDirectory(index, settings.index_refresh_interval)
         return cls(settings, store, index, directory, cache, loader, metrics, writer)
 

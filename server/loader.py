@@ -19,12 +19,14 @@ import logging
 import time
 from dataclasses import dataclass
 
+from rayhistory.compression import DEFAULT_LIMITS, InflateLimits
 from rayhistory.index import SessionIndex
 from rayhistory.layout import SessionRef
 from rayhistory.store import Store
 
 from .cache import CacheEntry, SnapshotCache, measure_bytes
 from .metrics import ServerMetrics
+from .snapshot import SNAPSHOT_LIMITS
 from .snapshot_store import LoadProgress, build_session, list_session
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class SessionLoader:
     def __init__(
         self, store: Store, index: SessionIndex, cache: SnapshotCache, metrics: ServerMetrics, writer: str,
         load_timeout: float, live_refresh_s: float, max_concurrent_loads: int = 2,
+        inflate_limits: InflateLimits = DEFAULT_LIMITS, snapshot_limits: InflateLimits = SNAPSHOT_LIMITS,
     ):
         self.store = store
         self.index = index
@@ -64,6 +67,8 @@ class SessionLoader:
         self.live_refresh_s = live_refresh_s
         self._jobs: dict[SessionRef, LoadJob] = {}
         self._last: dict[SessionRef, LoadProgress] = {}  # the last finished load's progress, for status
+        self.inflate_limits = inflate_limits
+        self.snapshot_limits = snapshot_limits
         self._closed = False
         # a load's peak memory is several times its snapshot's: bound how many run at once
         self._slots = asyncio.Semaphore(max_concurrent_loads)
@@ -159,7 +164,7 @@ class SessionLoader:
         result = await build_session(
             self.store, ref, dead, info.end_ms if dead else 0, self.writer, progress,
             base=(base.snapshot, base.manifest, base.snapshot_key) if base is not None else None,
-            objects=objects,
+            objects=objects, limits=self.inflate_limits, snapshot_limits=self.snapshot_limits,
         )
         source = result.source
         nbytes = await asyncio.to_thread(measure_bytes, result.snapshot)
