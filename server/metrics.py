@@ -21,6 +21,10 @@ class ServerMetrics:
             "rayhistory_session_load_seconds", "Wall time of one session load", ["source"],
             buckets=_LOAD_BUCKETS, registry=r,
         )
+        self.loads_backed_off = Counter(
+            "rayhistory_session_loads_backed_off", "Requests refused at once because the session's last load "
+            "failed and its backoff runs", registry=r,
+        )
         self.events_parsed = Counter("rayhistory_events_parsed", "Raw events parsed by loads", registry=r)
         self.snapshots_written = Counter("rayhistory_snapshots_written", "Compacted snapshots written", registry=r)
         self.cache_hits = Counter("rayhistory_cache_hits", "Session lookups answered from the LRU", registry=r)

@@ -23,6 +23,7 @@ import binascii
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from rayhistory.layout import SessionRef
 
 from . import api, logs
 from .cache import CacheEntry
-from .loader import LoadTimeout, SessionNotFound
+from .loader import LoadTimeout, LoadUnavailable, SessionNotFound
 from .ui import SESSION_PREFIX, session_base, session_ref
 
 if TYPE_CHECKING:
@@ -199,11 +200,18 @@ class Routes:
     # -- sessions --
 
     async def entry(self, ref: SessionRef) -> CacheEntry:
-        """The loaded session, or the HTTP error that says why not (404 unknown, 504 still loading)."""
+        """The loaded session, or the HTTP error that says why not (404 unknown, 504 still loading, 503 the load
+        failed: retry after its backoff)."""
         try:
             return await self.state.loader.get(ref)
         except SessionNotFound as exc:
             raise web.HTTPNotFound(text=str(exc)) from None
+        except LoadUnavailable as exc:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"result": False, "msg": str(exc), "error": exc.error,
+                                 "retry_after_s": math.ceil(exc.retry_after_s)}),
+                content_type="application/json", headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
+            ) from None
         except LoadTimeout as exc:
             raise web.HTTPGatewayTimeout(
                 text=json.dumps({"result": False, "msg": str(exc), "progress": exc.progress.as_dict()}),
@@ -293,6 +301,10 @@ class Routes:
         body["ready"] = entry is not None
         body["error"] = progress.error if progress is not None and progress.phase == "failed" else ""
         body["progress"] = progress.as_dict() if progress is not None else None
+        failure = loader.backoff(ref) if entry is None else None
+        body["retry_after_s"] = math.ceil(failure.retry_after()) if failure is not None else None
+        if failure is not None:
+            body["error"] = body["error"] or failure.error
         if entry is not None:
             body.update(completeness(entry))
             body["tasks"] = len(entry.snapshot.tasks)
