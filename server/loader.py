@@ -141,7 +141,8 @@ class SessionLoader:
         """The session's snapshot: from the LRU, else from a load (started or joined)."""
         entry = self.cache.get(ref)
         if entry is not None:
-            if entry.live and time.monotonic() - entry.loaded_at > self.live_refresh_s and ref not in self._jobs:
+            if entry.live and time.monotonic() - entry.loaded_at > self.live_refresh_s and ref not in self._jobs \
+                    and self.backoff(ref) is None:  # a failed refresh waits out its backoff too
                 self._start(ref, base=entry)  # served stale meanwhile: a live session keeps moving anyway
             return entry
         job = self._jobs.get(ref)

@@ -129,3 +129,26 @@ async def test_routes_answer_503_with_retry_after_while_a_load_backs_off(store):
             assert status["load_state"] == "failed" and "mangled" in status["error"] and status["retry_after_s"] > 0
     finally:
         FailingStore.fail = True
+
+
+async def test_a_failing_background_refresh_of_a_live_session_backs_off_too(store):
+    ref = await write_fixture_session(store, dead=False, with_logs=False)
+    failing = FailingStore(store.url)
+    FailingStore.fail, FailingStore.lists = False, 0
+    loader = make_loader(failing)
+    loader.live_refresh_s = 0  # every get of the live entry would start a refresh
+    try:
+        first = await loader.get(ref)
+        FailingStore.fail = True
+        assert await loader.get(ref) is first  # served from memory; the refresh starts and fails
+        job = loader.job(ref)
+        assert job is not None
+        await asyncio.gather(job.task, return_exceptions=True)
+        lists = FailingStore.lists
+        for _ in range(10):  # still served, and no new refresh while the backoff runs
+            assert await loader.get(ref) is first
+            assert loader.job(ref) is None
+        assert FailingStore.lists == lists
+    finally:
+        FailingStore.fail = True
+        await loader.close()
