@@ -34,6 +34,10 @@ class CommonSettings(BaseSettings):
         description="JSON object of extra fsspec options (endpoint_url, ...). Credentials belong in the "
         "environment or mounted files, never here in a manifest.",
     )
+    storage_timeout_s: float = Field(
+        30.0, gt=0, description="seconds any one storage call may take, overall; past it the caller gets a "
+        "storage timeout (the backend call may still finish in its thread) and the stall shows in metrics",
+    )
     log_level: str = Field("INFO", description="log level: DEBUG, INFO, WARNING, ERROR")
     log_format: str = Field("json", description="log format: json (one object per line) or text")
 

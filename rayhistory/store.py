@@ -8,6 +8,13 @@ on fsspec's own I/O loop, and bulk reads are bounded by ``max_concurrency``.
 Other processes write to the same store all the time, so nothing is ever answered from fsspec's
 listings cache: every list and exists asks the server.
 
+Every async call has an overall timeout (`timeout_s`, the `storage_timeout_s` setting): past it the caller
+gets `StorageTimeout` (a StoreError). A thread cannot be stopped, so the backend call itself goes on in
+the store's own thread pool (at most `max_concurrency` threads, so a stalled backend never takes the event
+loop's default executor) until the backend gives up; a call still waiting for a thread is dropped.
+`stats()` tells what a stall looks like from outside: calls in flight (timed-out ones whose thread still
+runs included), the age of the oldest, timeouts and errors so far.
+
 Credentials come from each backend's usual environment variables or mounted files (for OSS:
 OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET / OSS_SESSION_TOKEN, which ossfs does not read itself).
 A `key:secret@` in an s3:// or oss:// URL is taken out of the URL and passed as options. URLs are
@@ -17,9 +24,13 @@ logged and shown only through `redact_url`, and options (which may hold secrets)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import itertools
 import logging
 import os
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -41,12 +52,46 @@ _S3 = ("s3", "s3a")
 _OSS_CREDENTIAL_ENV = {"key": "OSS_ACCESS_KEY_ID", "secret": "OSS_ACCESS_KEY_SECRET", "token": "OSS_SESSION_TOKEN"}
 
 
+DEFAULT_TIMEOUT_S = 30.0
+_FAILURE_MARK = "_rayhistory_store_op"
+
+
 class StoreError(RuntimeError):
     pass
 
 
 class ObjectNotFound(StoreError, FileNotFoundError):
     pass
+
+
+class StorageTimeout(StoreError):
+    """A store call did not finish within the store's timeout (its backend call may still be running)."""
+
+    def __init__(self, op: str, key: str, timeout_s: float):
+        super().__init__(f"storage {op} {key!r} did not finish within {timeout_s:g} s")
+        self.op, self.key, self.timeout_s = op, key, timeout_s
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """True for an exception a Store call raised because storage failed: a StoreError other than a missing
+    object, or any backend error (botocore, aiohttp, OSError...) that came out of a Store call. Callers
+    answer it 503 (retry later), never 500."""
+    if isinstance(exc, ObjectNotFound):
+        return False
+    return isinstance(exc, StoreError) or bool(getattr(exc, _FAILURE_MARK, ""))
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What one Store has seen (for metrics and health): counters since it was made, and the calls now running."""
+
+    calls: int  # async calls started
+    in_flight: int  # started and not finished: a timed-out call whose backend thread still runs counts
+    oldest_in_flight_s: float  # age of the oldest of those (0 when none)
+    timeouts: int  # calls that raised StorageTimeout
+    errors: int  # calls that raised another storage error (a missing object is an answer, not an error)
+    timeout_s: float
+    seconds_since_timeout: float | None = None  # since the last timeout; None if none yet
 
 
 @dataclass(frozen=True)
@@ -121,7 +166,8 @@ def _open_filesystem(url: str, protocol: str, options: dict[str, Any]) -> tuple[
 class Store:
     """Async access to one history store. Keys are '/'-separated paths relative to the root."""
 
-    def __init__(self, url: str, options: dict[str, Any] | None = None, max_concurrency: int = 32):
+    def __init__(self, url: str, options: dict[str, Any] | None = None, max_concurrency: int = 32,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
         protocol = urlsplit(url).scheme or "file"
         url, url_credentials = _split_credentials(url, protocol)
         self.url = url
@@ -133,7 +179,14 @@ class Store:
             os.makedirs(self.root, exist_ok=True)
         self._oss = protocol == "oss"
         self.max_concurrency = max_concurrency
-        self._limit = asyncio.Semaphore(max_concurrency)
+        self.timeout_s = timeout_s
+        # the store's own threads: a stalled backend ties up these, never the event loop's default executor
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="store")
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, float] = {}  # call number -> time.monotonic() at its start
+        self._ids = itertools.count()
+        self._calls = self._timeouts = self._errors = 0
+        self._last_timeout = 0.0
         log.debug("store opened", extra={"storage": self.redacted_url, "filesystem": type(self.fs).__name__})
 
     def __repr__(self) -> str:
@@ -234,42 +287,86 @@ class Store:
 
     # ---- async API -----------------------------------------------------------------------------
 
+    def stats(self) -> StoreStats:
+        now = time.monotonic()
+        with self._lock:
+            oldest = min(self._in_flight.values(), default=now)
+            return StoreStats(
+                calls=self._calls, in_flight=len(self._in_flight), oldest_in_flight_s=round(now - oldest, 3),
+                timeouts=self._timeouts, errors=self._errors, timeout_s=self.timeout_s,
+                seconds_since_timeout=round(now - self._last_timeout, 3) if self._timeouts else None,
+            )
+
+    async def _call(self, op: str, key: str, fn, *args):
+        """fn(*args) in the store's threads, within the overall timeout, counted in stats()."""
+        call = next(self._ids)
+        with self._lock:
+            self._calls += 1
+            self._in_flight[call] = time.monotonic()
+
+        def finished(_future) -> None:  # in the thread that ran it, or here when dropped before it ran
+            with self._lock:
+                self._in_flight.pop(call, None)
+
+        try:
+            future = self._executor.submit(fn, *args)
+        except RuntimeError:  # the executor was shut down
+            finished(None)
+            raise
+        future.add_done_callback(finished)
+        try:
+            # cancelling the wrapper cancels the thread's future if it has not started yet
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+        except TimeoutError:
+            with self._lock:
+                self._timeouts += 1
+                self._last_timeout = time.monotonic()
+            log.warning("storage call timed out", extra={"op": op, "key": key, "timeout_s": self.timeout_s,
+                                                         "storage": self.redacted_url})
+            raise StorageTimeout(op, key, self.timeout_s) from None
+        except (FileNotFoundError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            with self._lock:
+                self._errors += 1
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(exc, _FAILURE_MARK, op)  # is_storage_failure() tells it from the caller's own errors
+            raise
+
     async def put(self, key: str, data: bytes) -> None:
-        async with self._limit:
-            await asyncio.to_thread(self._put_sync, key, data)
+        await self._call("put", key, self._put_sync, key, data)
 
     async def get(self, key: str) -> bytes:
-        async with self._limit:
-            return await asyncio.to_thread(self._get_sync, key)
+        return await self._call("get", key, self._get_sync, key)
 
     async def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of an object."""
-        async with self._limit:
-            return await asyncio.to_thread(self._get_sync, key, start, end)
+        return await self._call("get_range", key, self._get_sync, key, start, end)
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         """Every object whose key starts with `prefix`, sorted by key."""
-        async with self._limit:
-            return await asyncio.to_thread(self._list_sync, prefix)
+        return await self._call("list", prefix, self._list_sync, prefix)
 
     async def exists(self, key: str) -> bool:
-        async with self._limit:
-            return await asyncio.to_thread(self._exists_sync, key)
+        return await self._call("exists", key, self._exists_sync, key)
 
     async def get_many(self, keys: list[str]) -> dict[str, bytes | Exception]:
-        """Read many objects with bounded concurrency; a failed read is returned, never raised."""
+        """Read many objects, at most `max_concurrency` at a time (each read's timeout starts when it does);
+        a failed read is returned, never raised."""
+        limit = asyncio.Semaphore(self.max_concurrency)
 
         async def one(key: str) -> tuple[str, bytes | Exception]:
-            try:
-                return key, await self.get(key)
-            except Exception as exc:  # noqa: BLE001 - a failed object is the caller's to count
-                return key, exc
+            async with limit:
+                try:
+                    return key, await self.get(key)
+                except Exception as exc:  # noqa: BLE001 - a failed object is the caller's to count
+                    return key, exc
 
         return dict(await asyncio.gather(*(one(k) for k in keys)))
 
     async def delete(self, keys: list[str]) -> None:
-        async with self._limit:
-            await asyncio.to_thread(self._delete_sync, list(keys))
+        keys = list(keys)
+        await self._call("delete", keys[0] if keys else "", self._delete_sync, keys)
 
     async def delete_prefix(self, prefix: str) -> int:
         infos = await self.list(prefix)

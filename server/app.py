@@ -10,7 +10,9 @@ apps' lifetime through aiohttp's cleanup_ctx: it starts with the first app and s
 from __future__ import annotations
 
 import logging
+import math
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,9 +20,10 @@ import asyncio
 from aiohttp import web
 
 from rayhistory import layout
+from rayhistory.compression import InflateLimits
 from rayhistory.index import SessionIndex
 from rayhistory.layout import SessionRef
-from rayhistory.store import Store
+from rayhistory.store import Store, is_storage_failure
 
 from . import live_proxy, routes, ui
 from .cache import SnapshotCache
@@ -48,15 +51,35 @@ class ServerState:
 
     @classmethod
     def create(cls, settings: Settings, store: Store | None = None) -> ServerState:
-        store = store or Store(settings.storage, settings.storage_options)
+        store = store or Store(settings.storage, settings.storage_options, timeout_s=settings.storage_timeout_s)
         writer = layout.new_writer_id()
         metrics = ServerMetrics()
         index = SessionIndex(store, writer)
         cache = SnapshotCache(settings.cache_max_sessions, settings.cache_max_bytes, metrics)
-        loader = SessionLoader(store, index, cache, metrics, writer, settings.load_timeout,
-                               settings.index_refresh_interval, settings.max_concurrent_loads)
+        loader = SessionLoader(
+            store, index, cache, metrics, writer, settings.load_timeout, settings.index_refresh_interval,
+            settings.max_concurrent_loads,
+            inflate_limits=InflateLimits(settings.max_inflated_bytes, settings.max_inflate_ratio),
+            # a compacted snapshot bigger than the whole cache could never be kept anyway
+            snapshot_limits=InflateLimits(max(settings.cache_max_bytes, settings.max_inflated_bytes),
+                                          settings.max_inflate_ratio),
+        )
         directory = routes.SessionDirectory(index, settings.index_refresh_interval)
+        metrics.watch_store(store.stats)
         return cls(settings, store, index, directory, cache, loader, metrics, writer)
+
+    def health(self) -> dict:
+        """/healthz's body: ok, or degraded while storage stalls (a call older than the storage timeout, or a
+        timeout in the last minute). Cached sessions are still served meanwhile: never a reason to restart."""
+        stats = self.store.stats()
+        window = max(60.0, 2 * stats.timeout_s)
+        stalled = stats.in_flight > 0 and stats.oldest_in_flight_s >= stats.timeout_s
+        recent_timeout = stats.seconds_since_timeout is not None and stats.seconds_since_timeout < window
+        return {
+            "status": "degraded" if stalled or recent_timeout else "ok",
+            "storage": {**dataclasses.asdict(stats), "stalled": stalled, "storage": self.store.redacted_url},
+            "sessions_cached": len(self.cache), "loads_running": len(self.loader.loading()),
+        }
 
     async def lifetime(self, app: web.Application):
         """cleanup_ctx of both apps: background work runs while at least one of them runs."""
@@ -107,10 +130,33 @@ def _request_metrics(metrics: ServerMetrics):
     return middleware
 
 
+def _storage_failures(retry_after_s: float):
+    """Storage that fails or stalls during a request: 503 with Retry-After, never 500 (store.is_storage_failure)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            log.warning("storage failed during a request", extra={
+                "path": request.path, "error": f"{type(exc).__name__}: {exc}"})
+            return web.json_response(
+                {"result": False, "msg": f"storage unavailable, retry later: {type(exc).__name__}: {exc}"},
+                status=503, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
+            )
+
+    return middleware
+
+
 def create_app(settings: Settings, store: Store | None = None) -> tuple[web.Application, web.Application]:
     state = ServerState.create(settings, store)
-    public = web.Application(middlewares=[_request_metrics(state.metrics)])
-    internal = web.Application()
+    retry_after = min(settings.storage_timeout_s, 30.0)
+    public = web.Application(middlewares=[_request_metrics(state.metrics), _storage_failures(retry_after)])
+    internal = web.Application(middlewares=[_storage_failures(retry_after)])
     public[STATE_KEY] = state
     internal[STATE_KEY] = state
     routes.add_public_routes(public, state)

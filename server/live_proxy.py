@@ -217,7 +217,7 @@ class LiveProxy:
     async def middleware(self, request: web.Request, handler):
         if "session" not in request.match_info or "namespace" not in request.match_info:
             return await handler(request)
-        if request.raw_path.split("?", 1)[0].count("/") < 5:  # /s/{ns}/{cluster}/{session}: the slash redirect
+        if _origin_path(request).count("/") < 5:  # /s/{ns}/{cluster}/{session}: the slash redirect
             return await handler(request)
         ref = session_ref(request)
         route = await self.route(ref)
@@ -240,7 +240,9 @@ class LiveProxy:
 
     async def _forward(self, request: web.Request, target: str) -> web.StreamResponse:
         # /s/{ns}/{cluster}/{session}/<rest> -> <target>/<rest>, query string unchanged
-        url = f"{target}/{request.raw_path.split('/', 5)[5]}"
+        url = f"{target}/{_origin_path(request).split('/', 5)[5]}"
+        if request.rel_url.raw_query_string:
+            url += "?" + request.rel_url.raw_query_string
         headers = {h: request.headers[h] for h in _FORWARD_REQUEST_HEADERS if h in request.headers}
         if self._client is None:
             self._client = aiohttp.ClientSession(timeout=self.timeout, auto_decompress=True)
@@ -263,6 +265,13 @@ class LiveProxy:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _origin_path(request: web.Request) -> str:
+    """The request target's path, still percent-encoded, without the query: the same for the origin form
+    (`GET /s/... HTTP/1.1`) and the absolute form (`GET http://host/s/... HTTP/1.1`, which every HTTP/1.1 server
+    must accept), whose `raw_path` starts with the scheme and authority."""
+    return request.rel_url.raw_path
 
 
 def lookup_from_listing(list_sessions: Callable[[], Awaitable[list[SessionInfo]]]) -> SessionLookup:

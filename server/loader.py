@@ -10,22 +10,33 @@ and the next request finds it further along or done). Progress is readable at an
 
 Dead sessions are loaded once and stay cached until evicted. A live session is refreshed in the
 background when its entry is older than `live_refresh_s`; requests meanwhile get the entry they have.
+
+A load that fails (storage down, a bug the session's data triggers) is remembered, with a backoff: the
+request that waited on it gets `LoadFailed`, and requests during the backoff get `LoadBackoff` at once
+(both carry `retry_after_s`; the routes answer 503 with Retry-After), without a new load. The backoff starts
+at `backoff_base_s` and doubles with every failure up to `backoff_max_s`. It ends early when the session's
+objects in storage change (a late flush, a repaired object: checked with one listing at most every
+`backoff_check_s`), on a pre-warm (`refresh`), and a success forgets it. A session that does not exist
+(`SessionNotFound`) is not a failure: it is looked up again by the next request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 
+from rayhistory.compression import DEFAULT_LIMITS, InflateLimits
 from rayhistory.index import SessionIndex
 from rayhistory.layout import SessionRef
 from rayhistory.store import Store
 
 from .cache import CacheEntry, SnapshotCache, measure_bytes
 from .metrics import ServerMetrics
-from .snapshot_store import LoadProgress, build_session, list_session
+from .snapshot import SNAPSHOT_LIMITS
+from .snapshot_store import LoadProgress, SessionObjects, build_session, list_session
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,32 @@ class LoadTimeout(TimeoutError):
         self.progress = progress
 
 
+class LoadUnavailable(Exception):
+    """The session cannot be served now; retry after `retry_after_s` seconds (routes: 503 + Retry-After)."""
+
+    def __init__(self, message: str, ref: SessionRef, error: str, retry_after_s: float):
+        super().__init__(message)
+        self.ref = ref
+        self.error = error
+        self.retry_after_s = retry_after_s
+
+
+class LoadFailed(LoadUnavailable):
+    """The load this request waited on failed."""
+
+    def __init__(self, ref: SessionRef, error: str, retry_after_s: float):
+        super().__init__(f"loading session {ref.tail} failed: {error}; retry in {retry_after_s:.0f} s",
+                         ref, error, retry_after_s)
+
+
+class LoadBackoff(LoadUnavailable):
+    """The last load failed and the backoff is not over: no new load was started."""
+
+    def __init__(self, ref: SessionRef, error: str, retry_after_s: float):
+        super().__init__(f"loading session {ref.tail} failed recently ({error}); next try in "
+                         f"{retry_after_s:.0f} s", ref, error, retry_after_s)
+
+
 @dataclass
 class LoadJob:
     ref: SessionRef
@@ -50,10 +87,33 @@ class LoadJob:
     task: asyncio.Task
 
 
+@dataclass
+class LoadFailure:
+    """A session's failed loads, remembered for the backoff."""
+
+    error: str
+    failures: int
+    delay_s: float
+    until: float  # time.monotonic() at which the next load may start
+    signature: tuple | None  # the session's listing when it failed (None: the listing itself failed)
+    checked_at: float
+
+    def retry_after(self) -> float:
+        return max(0.0, self.until - time.monotonic())
+
+
+def listing_signature(objects: SessionObjects) -> tuple:
+    """What changes when objects are added to, replaced in or removed from a session's prefix."""
+    infos = objects.raw + objects.snapshots
+    return (len(infos), sum(o.size for o in infos), hash(tuple(o.key for o in infos)))
+
+
 class SessionLoader:
     def __init__(
         self, store: Store, index: SessionIndex, cache: SnapshotCache, metrics: ServerMetrics, writer: str,
         load_timeout: float, live_refresh_s: float, max_concurrent_loads: int = 2,
+        inflate_limits: InflateLimits = DEFAULT_LIMITS, snapshot_limits: InflateLimits = SNAPSHOT_LIMITS,
+        backoff_base_s: float = 2.0, backoff_max_s: float = 300.0, backoff_check_s: float = 10.0,
     ):
         self.store = store
         self.index = index
@@ -64,6 +124,13 @@ class SessionLoader:
         self.live_refresh_s = live_refresh_s
         self._jobs: dict[SessionRef, LoadJob] = {}
         self._last: dict[SessionRef, LoadProgress] = {}  # the last finished load's progress, for status
+        self.inflate_limits = inflate_limits
+        self.snapshot_limits = snapshot_limits
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.backoff_check_s = backoff_check_s
+        self._failures: dict[SessionRef, LoadFailure] = {}
+        self._listed: dict[SessionRef, tuple] = {}  # the running load's listing signature, for its failure
         self._closed = False
         # a load's peak memory is several times its snapshot's: bound how many run at once
         self._slots = asyncio.Semaphore(max_concurrent_loads)
@@ -74,17 +141,26 @@ class SessionLoader:
         """The session's snapshot: from the LRU, else from a load (started or joined)."""
         entry = self.cache.get(ref)
         if entry is not None:
-            if entry.live and time.monotonic() - entry.loaded_at > self.live_refresh_s and ref not in self._jobs:
+            if entry.live and time.monotonic() - entry.loaded_at > self.live_refresh_s and ref not in self._jobs \
+                    and self.backoff(ref) is None:  # a failed refresh waits out its backoff too
                 self._start(ref, base=entry)  # served stale meanwhile: a live session keeps moving anyway
             return entry
-        job = self._jobs.get(ref) or self._start(ref)
+        job = self._jobs.get(ref)
+        if job is None:
+            await self._check_backoff(ref)
+            job = self._jobs.get(ref) or self._start(ref)
         return await self.wait(job)
 
     async def refresh(self, ref: SessionRef) -> CacheEntry:
-        """Bring a session up to date with storage now (the pre-warm): reads only what is new."""
+        """Bring a session up to date with storage now (the pre-warm): reads only what is new. A pre-warm
+        comes after a final flush: it ends a backoff."""
         running = self._jobs.get(ref)
         if running is not None:
-            await self.wait(running)
+            try:
+                await self.wait(running)
+            except LoadFailed:
+                pass  # this refresh tries again at once
+        self._failures.pop(ref, None)
         job = self._jobs.get(ref) or self._start(ref, base=self.cache.peek(ref))
         return await self.wait(job)
 
@@ -92,7 +168,55 @@ class SessionLoader:
         try:
             return await asyncio.wait_for(asyncio.shield(job.task), self.load_timeout)
         except TimeoutError:
-            raise LoadTimeout(job.ref, job.progress, self.load_timeout) from None
+            if not job.task.done():
+                raise LoadTimeout(job.ref, job.progress, self.load_timeout) from None
+            failure = self._failures.get(job.ref)  # the load itself timed out (e.g. a storage call)
+            raise LoadFailed(job.ref, failure.error if failure else "timed out",
+                             failure.retry_after() if failure else self.backoff_base_s) from None
+        except (SessionNotFound, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            failure = self._failures.get(job.ref)
+            raise LoadFailed(job.ref, failure.error if failure else f"{type(exc).__name__}: {exc}",
+                             failure.retry_after() if failure else self.backoff_base_s) from exc
+
+    def backoff(self, ref: SessionRef) -> LoadFailure | None:
+        """The session's remembered failure while its backoff runs, else None."""
+        failure = self._failures.get(ref)
+        return failure if failure is not None and failure.retry_after() > 0 else None
+
+    async def _check_backoff(self, ref: SessionRef) -> None:
+        """Raise LoadBackoff while the session's backoff runs, unless its objects in storage changed."""
+        failure = self._failures.get(ref)
+        if failure is None:
+            return
+        now = time.monotonic()
+        if now >= failure.until:
+            return
+        if failure.signature is not None and now - failure.checked_at >= self.backoff_check_s:
+            failure.checked_at = now  # before the listing: concurrent requests do not list too
+            try:
+                changed = listing_signature(await list_session(self.store, ref)) != failure.signature
+            except Exception:  # noqa: BLE001 - storage still failing: the backoff stands
+                changed = False
+            if changed and self._failures.get(ref) is failure:
+                log.info("session objects changed: retrying its failed load now", extra={"session": ref.tail})
+                del self._failures[ref]
+                return
+        self.metrics.loads_backed_off.inc()
+        raise LoadBackoff(ref, failure.error, failure.retry_after())
+
+    def _remember_failure(self, ref: SessionRef, error: str) -> LoadFailure:
+        signature = self._listed.pop(ref, None)
+        previous = self._failures.get(ref)
+        # new objects since the last failure: a new situation, the backoff starts over
+        failures = previous.failures + 1 if previous is not None and previous.signature == signature else 1
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures - 1, 30))
+        now = time.monotonic()
+        failure = self._failures[ref] = LoadFailure(error, failures, delay, now + delay, signature, now)
+        if len(self._failures) > 4 * max(1, self.cache.max_sessions):
+            self._failures.pop(next(iter(self._failures)))
+        return failure
 
     def job(self, ref: SessionRef) -> LoadJob | None:
         return self._jobs.get(ref)
@@ -105,10 +229,12 @@ class SessionLoader:
         return list(self._jobs)
 
     def state(self, ref: SessionRef) -> str:
-        """loading, loaded (in this replica's LRU) or not_loaded."""
+        """loading, loaded (in this replica's LRU), failed (its backoff runs) or not_loaded."""
         if ref in self._jobs:
             return "loading"
-        return "loaded" if ref in self.cache else "not_loaded"
+        if ref in self.cache:
+            return "loaded"
+        return "failed" if self.backoff(ref) is not None else "not_loaded"
 
     # ---- the loads ------------------------------------------------------------------------------
 
@@ -143,29 +269,36 @@ class SessionLoader:
             progress.phase, progress.error, progress.finished_at = "failed", "cancelled", time.time()
             raise
         except Exception as exc:
-            progress.phase, progress.error, progress.finished_at = "failed", f"{type(exc).__name__}: {exc}", time.time()
+            error = f"{type(exc).__name__}: {exc}"
+            progress.phase, progress.error, progress.finished_at = "failed", error, time.time()
             self.metrics.loads.labels(source=progress.source or "raw", result="error").inc()
-            log.exception("session load failed", extra={"session": ref.tail})
+            failure = self._remember_failure(ref, error)
+            log.exception("session load failed", extra={"session": ref.tail, "failures": failure.failures,
+                                                        "retry_after_s": math.ceil(failure.delay_s)})
             raise
 
     async def _load_now(self, ref: SessionRef, progress: LoadProgress, base: CacheEntry | None,
                         started: float) -> CacheEntry:
         progress.phase = "resolving"  # "queued" until a load slot is free
+        self._listed.pop(ref, None)
         info = await self.index.session(ref)
         objects = await list_session(self.store, ref)
+        self._listed[ref] = listing_signature(objects)
         if info is None and objects.empty:
             raise SessionNotFound(ref)
         dead = info is not None and info.state == "dead"
         result = await build_session(
             self.store, ref, dead, info.end_ms if dead else 0, self.writer, progress,
             base=(base.snapshot, base.manifest, base.snapshot_key) if base is not None else None,
-            objects=objects,
+            objects=objects, limits=self.inflate_limits, snapshot_limits=self.snapshot_limits,
         )
         source = result.source
         nbytes = await asyncio.to_thread(measure_bytes, result.snapshot)
         entry = CacheEntry(result.snapshot, live=not dead, manifest=result.manifest, nbytes=nbytes,
                            snapshot_key=result.snapshot_key)
         self.cache.put(ref, entry)
+        self._failures.pop(ref, None)
+        self._listed.pop(ref, None)
         snapshot = result.snapshot
         if not snapshot.complete:
             log.warning("session snapshot incomplete", extra={

@@ -38,6 +38,14 @@ class Settings(CommonSettings):
     max_concurrent_loads: int = Field(
         2, ge=1, description="session loads one replica runs at once (a load's peak memory is several snapshots')",
     )
+    max_inflated_bytes: int = Field(
+        256 << 20, ge=1 << 20, description="most bytes one stored event batch may inflate to; past it the object is "
+        "corrupt and its session incomplete (compacted snapshots: cache_max_bytes)",
+    )
+    max_inflate_ratio: float = Field(
+        100.0, gt=1, description="most one stored object may inflate per compressed byte (Ray's events gzip about "
+        "11x); past it the object is corrupt. Objects inflating to 1 MiB or less are never refused by the ratio",
+    )
     index_refresh_interval: float = Field(
         15.0, gt=0, description="seconds between reads of the session index; also how often live sessions refresh",
     )

@@ -11,7 +11,8 @@ Every session response says how complete the snapshot is: `X-Rayhistory-Complete
 `X-Rayhistory-Objects-Missing` / `-Corrupt` counts and `X-Rayhistory-Session-State: live|dead`; the same
 figures are fields of `rayhistory/status`.
 
-Internal port (never behind the Ingress): `POST /internal/prewarm`, `GET /metrics`, `GET /healthz`.
+Internal port (never behind the Ingress): `POST /internal/prewarm`, `GET /metrics`, `GET /healthz` (liveness, with
+the detail). The public port has a `GET /healthz` without detail (readiness). See docs/server-runtime.md.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import binascii
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -37,7 +39,7 @@ from rayhistory.layout import SessionRef
 
 from . import api, logs
 from .cache import CacheEntry
-from .loader import LoadTimeout, SessionNotFound
+from .loader import LoadTimeout, LoadUnavailable, SessionNotFound
 from .ui import SESSION_PREFIX, session_base, session_ref
 
 if TYPE_CHECKING:
@@ -199,11 +201,18 @@ class Routes:
     # -- sessions --
 
     async def entry(self, ref: SessionRef) -> CacheEntry:
-        """The loaded session, or the HTTP error that says why not (404 unknown, 504 still loading)."""
+        """The loaded session, or the HTTP error that says why not (404 unknown, 504 still loading, 503 the load
+        failed: retry after its backoff)."""
         try:
             return await self.state.loader.get(ref)
         except SessionNotFound as exc:
             raise web.HTTPNotFound(text=str(exc)) from None
+        except LoadUnavailable as exc:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"result": False, "msg": str(exc), "error": exc.error,
+                                 "retry_after_s": math.ceil(exc.retry_after_s)}),
+                content_type="application/json", headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
+            ) from None
         except LoadTimeout as exc:
             raise web.HTTPGatewayTimeout(
                 text=json.dumps({"result": False, "msg": str(exc), "progress": exc.progress.as_dict()}),
@@ -293,6 +302,10 @@ class Routes:
         body["ready"] = entry is not None
         body["error"] = progress.error if progress is not None and progress.phase == "failed" else ""
         body["progress"] = progress.as_dict() if progress is not None else None
+        failure = loader.backoff(ref) if entry is None else None
+        body["retry_after_s"] = math.ceil(failure.retry_after()) if failure is not None else None
+        if failure is not None:
+            body["error"] = body["error"] or failure.error
         if entry is not None:
             body.update(completeness(entry))
             body["tasks"] = len(entry.snapshot.tasks)
@@ -372,6 +385,10 @@ class Routes:
         except LoadTimeout as exc:
             return json_response({"session": ref.tail, "load_state": "loading", "progress": exc.progress.as_dict()},
                                  status=202)
+        except LoadUnavailable as exc:
+            return json_response({"session": ref.tail, "load_state": "failed", "error": exc.error,
+                                  "retry_after_s": math.ceil(exc.retry_after_s)}, status=503,
+                                 headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
         progress = loader.progress(ref)
         return json_response({
             "session": ref.tail, "load_state": "loaded", "snapshot_key": entry.snapshot_key,
@@ -384,7 +401,13 @@ class Routes:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+        """Liveness (internal port): always 200 while the process answers; the body says ok or degraded, and why."""
+        return json_response(self.state.health())
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness (public port, the operator's readinessProbe): 200 while this replica serves; degraded storage
+        does not make it unready (its cached sessions still answer). No detail on the public port."""
+        return json_response({"status": self.state.health()["status"]})
 
 
 def timeline_download_headers(query) -> dict[str, str]:
@@ -423,6 +446,7 @@ def add_public_routes(app: web.Application, state: ServerState) -> Routes:
         else:
             app.router.add_route(method, f"{SESSION_PREFIX}/{pattern}", routes.api_handler(pattern, handler))
     app.router.add_get("/clusters", routes.clusters)
+    app.router.add_get("/healthz", routes.readyz)
     # parameter names unlike the session prefix's: middlewares that act on /s/... sessions leave this alone
     app.router.add_get("/enter_cluster/{cluster_namespace}/{cluster_name}/{session_name}", routes.enter_cluster)
     return routes

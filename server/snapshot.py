@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import gc
-import gzip
 import json
 import logging
 import struct
@@ -36,6 +35,9 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from rayhistory.compression import (
+    DEFAULT_LIMITS, InflateError, InflateLimits, gunzip, zlib_inflate,
+)
 from rayhistory.events import (
     PAYLOAD_FIELD, ActorDefinition, ActorLifecycle, DriverJobDefinition, DriverJobLifecycle, FunctionDescriptor,
     NodeDefinition, NodeLifecycle, RayEvent, TaskLifecycle, TaskProfile, WorkerDefinition, WorkerLifecycle,
@@ -215,15 +217,20 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
     return _MAGIC + struct.pack("<H", FORMAT_VERSION) + zlib.compress(_encoder.encode(snapshot), 1)
 
 
-def decode_snapshot(data: bytes) -> Snapshot:
+# A compacted snapshot is read whole into memory anyway: its inflated size is capped by what the caller can
+# hold (the server passes its cache's byte bound), and by the same ratio as every other compressed object.
+SNAPSHOT_LIMITS = InflateLimits(max_bytes=4 << 30)
+
+
+def decode_snapshot(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> Snapshot:
     if data[: len(_MAGIC)] != _MAGIC or len(data) < len(_MAGIC) + 2:
         raise SnapshotFormatError("not a rayhistory snapshot (bad magic)")
     (version,) = struct.unpack_from("<H", data, len(_MAGIC))
     if version != FORMAT_VERSION:
         raise SnapshotFormatError(f"snapshot format v{version}, this server reads v{FORMAT_VERSION}: rebuild it")
     try:
-        return _decoder.decode(zlib.decompress(data[len(_MAGIC) + 2:]))
-    except (zlib.error, msgspec.DecodeError) as exc:
+        return _decoder.decode(zlib_inflate(data[len(_MAGIC) + 2:], limits))
+    except (InflateError, msgspec.DecodeError, RecursionError) as exc:
         raise SnapshotFormatError(f"corrupt snapshot: {exc}") from exc
 
 
@@ -527,7 +534,7 @@ def _decode_stored(raw: bytes) -> list[_StoredEvent] | None:
     careful path."""
     try:
         return _stored_event.decode_lines(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
 
 
@@ -542,11 +549,33 @@ def _decode_careful(raw: bytes) -> tuple[list[_StoredEvent], int] | str:
     return events, len(batch.errors)
 
 
+def _decode_line_by_line(raw: bytes) -> tuple[list[_StoredEvent], int]:
+    """Last resort, when the careful path itself raised (e.g. RecursionError on an event nested far too deep):
+    each line on its own, so whatever one event makes the decoder do costs only that event."""
+    events: list[_StoredEvent] = []
+    rejected = 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            careful = _decode_careful(line)
+        except Exception:  # noqa: BLE001 - RecursionError, or anything else one event can cause
+            rejected += 1
+            continue
+        if isinstance(careful, str):
+            rejected += 1
+            continue
+        events += careful[0]
+        rejected += careful[1]
+    return events, rejected
+
+
 class SnapshotBuilder:
     """Folds raw objects into a Snapshot. Every add_* is pure in-memory work and never raises on bad data."""
 
-    def __init__(self, ref: SessionRef, dead: bool, end_ms: int):
+    def __init__(self, ref: SessionRef, dead: bool, end_ms: int, limits: InflateLimits = DEFAULT_LIMITS):
         self.ref = ref
+        self.limits = limits  # how far one stored object may inflate (rayhistory.compression)
         self.dead = dead
         self.end_ms = end_ms
         self._tasks: dict[tuple[str, int], dict] = {}  # (base64 task id, attempt) -> fields, see _put
@@ -579,18 +608,25 @@ class SnapshotBuilder:
     # -- inputs ------------------------------------------------------------------------------------
 
     def add_event_batch(self, key: str, data: bytes) -> None:
-        """A stored event batch (gzip'd JSON lines). Unreadable data marks the object corrupt."""
+        """A stored event batch (gzip'd JSON lines). Unreadable data marks the object corrupt: not gzip, empty,
+        truncated, inflating past `limits`, or anything at all raising while it is folded in (the session still
+        loads, incomplete, with this key and the reason in objects_corrupt)."""
         if key in self._covered:
             return
         self._objects_seen.add(key)
         self._missing.pop(key, None)
         try:
-            raw = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            self._corrupt[key] = f"not gzip: {exc}"
+            raw = gunzip(data, self.limits)
+        except InflateError as exc:
+            self._corrupt[key] = str(exc)  # empty, not gzip, truncated, or past a cap: the message says which
             return
-        with _gc_paused():  # the batch's decoded events are freed before the GC runs again: it never sees them
-            unreadable = self._fold_batch(key, raw)
+        try:
+            with _gc_paused():  # the batch's decoded events are freed before the GC runs again: it never sees them
+                unreadable = self._fold_batch(key, raw)
+        except (RecursionError, Exception) as exc:  # noqa: BLE001 - one object's damage stays that object's
+            # events folded in before the failure stay (each was whole); the object is not covered, and named
+            log.warning("stored object could not be folded in", extra={"key": key, "error": f"{type(exc).__name__}: {exc}"})
+            unreadable = f"{type(exc).__name__}: {exc}"
         if unreadable:
             self._corrupt[key] = unreadable
             return
@@ -601,7 +637,10 @@ class SnapshotBuilder:
         """Decode a batch and fold its events in. Why the whole batch is unreadable, or ''."""
         events = _decode_stored(raw)
         if events is None:  # not one clean batch: decode event by event, rejecting bad ones alone
-            careful = _decode_careful(raw)
+            try:
+                careful = _decode_careful(raw)
+            except Exception:  # noqa: BLE001 - e.g. RecursionError: go line by line
+                careful = _decode_line_by_line(raw)
             if isinstance(careful, str):
                 return careful
             events, rejected = careful
@@ -616,7 +655,7 @@ class SnapshotBuilder:
                 payload_of, fold = handler
                 try:
                     fold(self, payload_of(event))
-                except (ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
+                except Exception as exc:  # noqa: BLE001 - ValueError, TypeError, RecursionError, ...: this event alone
                     # valid envelope, unusable payload (e.g. a nested timestamp that is not RFC3339)
                     self._events_rejected += 1
                     log.debug("event rejected", extra={"key": key, "event_id": event_id, "error": str(exc)})
@@ -624,9 +663,16 @@ class SnapshotBuilder:
             seen.add(event_id)
         return ""
 
-    def add_endpoint(self, name: str, data: bytes) -> None:
+    def add_endpoint(self, name: str, data: bytes, key: str = "") -> None:
         """A head endpoint answer (placement_groups, jobs, serve_applications, cluster_metadata, timezone,
-        cluster_status), verbatim; a later call for the same name replaces it."""
+        cluster_status), verbatim; a later call for the same name replaces it. An answer that is not JSON the
+        API can read (or nests too deep to read) is not kept: it marks its object (`key`) corrupt."""
+        try:
+            msgspec.json.decode(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, RecursionError, ...
+            self._objects_seen.add(key or name)
+            self._corrupt[key or name] = f"endpoint answer {name!r} is not readable JSON: {type(exc).__name__}: {exc}"
+            return
         self._endpoints[name] = bytes(data)
 
     def add_log_index(self, node_id: str, relpath: str, size: int) -> None:
@@ -642,7 +688,9 @@ class SnapshotBuilder:
             try:
                 event = json.loads(line)
                 event_id = event["event_id"]
-            except (ValueError, KeyError, TypeError):
+                if not isinstance(event_id, str):
+                    raise TypeError("event_id is not a string")
+            except Exception:  # noqa: BLE001 - ValueError, KeyError, TypeError, RecursionError: this line alone
                 self._events_rejected += 1
                 continue
             self._cluster_events[event_id] = event
@@ -925,9 +973,9 @@ class SnapshotBuilder:
         )
 
     @classmethod
-    def from_snapshot(cls, snapshot: Snapshot) -> "SnapshotBuilder":
+    def from_snapshot(cls, snapshot: Snapshot, limits: InflateLimits = DEFAULT_LIMITS) -> "SnapshotBuilder":
         """Continue from a stored snapshot (a late flush): add the new objects, then build() again."""
-        b = cls(snapshot.ref, snapshot.dead, snapshot.end_ms)
+        b = cls(snapshot.ref, snapshot.dead, snapshot.end_ms, limits)
         strings = snapshot.strings
         names = ("job", "name", "func", "type", "language", "actor", "parent", "node", "worker", "placement_group",
                  "resources", "runtime_env", "call_site", "label_selector", "repr_name", "error_type",

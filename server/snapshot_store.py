@@ -29,11 +29,14 @@ from dataclasses import asdict, dataclass, field
 import msgspec
 
 from rayhistory import layout
+from rayhistory.compression import DEFAULT_LIMITS, InflateLimits
 from rayhistory.layout import SessionRef
 from rayhistory.store import ObjectInfo, ObjectNotFound, Store
 
 from . import logs
-from .snapshot import FORMAT_VERSION, Snapshot, SnapshotBuilder, decode_snapshot, encode_snapshot
+from .snapshot import (
+    FORMAT_VERSION, SNAPSHOT_LIMITS, Snapshot, SnapshotBuilder, decode_snapshot, encode_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +57,10 @@ def encode_stored(snapshot: Snapshot, manifest: dict[str, int], writer: str) -> 
     return msgspec.msgpack.encode(StoredSnapshot(manifest, layout.now_ms(), writer, encode_snapshot(snapshot)))
 
 
-def decode_stored(data: bytes) -> tuple[Snapshot, dict[str, int]]:
+def decode_stored(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> tuple[Snapshot, dict[str, int]]:
     """Raises msgspec.DecodeError or snapshot.SnapshotFormatError for anything unusable."""
     envelope = _envelope_decoder.decode(data)
-    return decode_snapshot(envelope.snapshot), envelope.manifest
+    return decode_snapshot(envelope.snapshot, limits), envelope.manifest
 
 
 @dataclass
@@ -138,13 +141,13 @@ async def list_session(store: Store, ref: SessionRef) -> SessionObjects:
 
 
 async def read_newest_snapshot(
-    store: Store, objects: SessionObjects,
+    store: Store, objects: SessionObjects, limits: InflateLimits = SNAPSHOT_LIMITS,
 ) -> tuple[Snapshot, dict[str, int], str] | None:
     """The newest stored snapshot that reads back, or None; an unreadable one is logged and skipped."""
     for info in sorted(objects.snapshots, key=lambda o: o.key.rsplit("/", 1)[-1], reverse=True):
         try:
             data = await store.get(info.key)
-            snapshot, manifest = await asyncio.to_thread(decode_stored, data)
+            snapshot, manifest = await asyncio.to_thread(decode_stored, data, limits)
         except ObjectNotFound:
             continue  # replaced by a newer one meanwhile
         except Exception as exc:  # noqa: BLE001 - a bad snapshot is rebuilt from raw, never fatal
@@ -157,8 +160,11 @@ async def read_newest_snapshot(
 async def build_session(
     store: Store, ref: SessionRef, dead: bool, end_ms: int, writer: str, progress: LoadProgress,
     base: tuple[Snapshot, dict[str, int], str] | None = None, objects: SessionObjects | None = None,
+    limits: InflateLimits = DEFAULT_LIMITS, snapshot_limits: InflateLimits = SNAPSHOT_LIMITS,
 ) -> BuildResult:
-    """Bring a session's snapshot up to date with storage (see the module docstring)."""
+    """Bring a session's snapshot up to date with storage (see the module docstring).
+
+    `limits` bound how far one raw object may inflate, `snapshot_limits` a stored snapshot (compression.py)."""
     progress.phase = "listing"
     if objects is None:
         objects = await list_session(store, ref)
@@ -171,7 +177,7 @@ async def build_session(
         stored_key = base[2] if base[2] in {o.key for o in objects.snapshots} else ""
     else:
         progress.phase = "reading_snapshot"
-        base = await read_newest_snapshot(store, objects)
+        base = await read_newest_snapshot(store, objects, snapshot_limits)
         if base is not None:
             stored_key, source = base[2], "snapshot"
     snapshot, manifest = (base[0], dict(base[1])) if base is not None else (None, {})  # never mutate the caller's
@@ -192,9 +198,9 @@ async def build_session(
     if not changed:
         return await _finish(store, ref, snapshot, manifest, writer, objects, stored_key, dead, source, progress)
     if snapshot is None:
-        builder = SnapshotBuilder(ref, dead, end_ms)
+        builder = SnapshotBuilder(ref, dead, end_ms, limits)
     else:
-        builder = await asyncio.to_thread(SnapshotBuilder.from_snapshot, snapshot)
+        builder = await asyncio.to_thread(SnapshotBuilder.from_snapshot, snapshot, limits)
         builder.dead, builder.end_ms = dead, end_ms
     progress.phase = "reading_raw"
 
@@ -206,7 +212,7 @@ async def build_session(
         except Exception as exc:  # noqa: BLE001 - counted, never fatal
             builder.mark_missing(newest, f"{type(exc).__name__}: {exc}")
             continue
-        builder.add_endpoint(name, data)
+        builder.add_endpoint(name, data, newest)
         manifest.update({o.key: o.size for o in infos})
         progress.objects_done += 1
         progress.bytes_read += len(data)

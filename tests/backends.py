@@ -401,3 +401,60 @@ BACKENDS: dict[str, Callable[[], contextlib.AbstractContextManager[RunningBacken
     "azure": azurite,
     "oss": oss_server,
 }
+
+
+# ---- a storage endpoint that hangs -------------------------------------------------------------
+
+
+class HangingEndpoint:
+    """A TCP server on 127.0.0.1 that accepts every connection, reads what it is sent and never answers: a
+    stalled object store, as S3 behind a broken load balancer looks to a client. `close()` drops every
+    connection and stops listening, so the client's stuck calls fail (connection reset, then refused)
+    instead of waiting out their own read timeouts."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.accepted = 0
+        self._conns: list = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="hanging-endpoint")
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._conns.append(conn)
+
+    def s3_options(self) -> dict[str, Any]:
+        return {**_s3_options(self.endpoint, S3_KEY, S3_SECRET),
+                "config_kwargs": {"retries": {"max_attempts": 1}}, "skip_instance_cache": True}
+
+    def close(self) -> None:
+        import socket
+
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+        self._thread.join(5)
+
+
+@contextlib.contextmanager
+def hanging_s3() -> Iterator[HangingEndpoint]:
+    endpoint = HangingEndpoint()
+    try:
+        yield endpoint
+    finally:
+        endpoint.close()

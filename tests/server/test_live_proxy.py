@@ -272,3 +272,35 @@ async def test_kubernetes_off_serves_live_sessions_from_storage_even_with_a_kube
         resp = await client.get(f"/s/ray/raycluster-a/{running.session}/api/jobs/")
         assert resp.status == 200 and resp.headers[lp.SOURCE_HEADER] == "storage"
     assert seen == []
+
+
+async def _raw_get(port: int, target: str) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request over a plain socket, with the request target written exactly as given."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        raw = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_an_absolute_form_request_target_is_proxied_to_the_same_path(kmock, kubernetes_clusters, live_dashboard):
+    """RFC 9112 3.2.2: a server must accept `GET http://host/path HTTP/1.1`; the upstream path is the path part,
+    never the scheme and authority glued in front of it."""
+    server, seen = live_dashboard
+    add_raycluster(kmock, "raycluster-a", server.port)
+    async with await proxy_client(kubernetes_clusters, [info()]) as client:
+        port = client.server.port
+        for target in (f"http://127.0.0.1:{port}/s/ray/raycluster-a/{SESSION_NAME}/api/jobs/?x=1",
+                       f"http://evil.example/s/ray/raycluster-a/{SESSION_NAME}/api/jobs/?x=1",
+                       f"/s/ray/raycluster-a/{SESSION_NAME}/api/jobs/?x=1"):
+            status, headers, body = await _raw_get(port, target)
+            assert status == 200, (target, body[:300])
+            assert headers[lp.SOURCE_HEADER.lower()] == "live", target
+            assert seen[-1].path == "/api/jobs/" and seen[-1].query_string == "x=1", (target, seen[-1].path_qs)
+        assert len(seen) == 3
