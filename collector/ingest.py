@@ -7,6 +7,7 @@ with their reasons and cost nothing to their neighbours. Ray's agent retries any
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import defaultdict
@@ -112,7 +113,8 @@ class Ingest:
         return {"status": "ok" if self.accepting else "stopping", "spool_bytes": self.spool.bytes,
                 "spool_segments": len(self.spool.sealed()) + (1 if self.spool.active_bytes else 0),
                 "oldest_unflushed_s": round(self.spool.oldest_unflushed_s(), 3),
-                "storage_backoff_s": round(self.flusher.backoff.current, 3)}
+                "storage_backoff_s": round(self.flusher.backoff.current, 3),
+                "storage": dataclasses.asdict(self.flusher.store.stats())}
 
     def _update_gauges(self) -> None:
         self.metrics.spool_bytes.set(self.spool.bytes)

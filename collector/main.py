@@ -81,8 +81,9 @@ class Collector:
     def __init__(self, settings: Settings):
         self.settings = s = settings
         self.writer = layout.new_writer_id()
-        self.store = Store(s.storage, s.storage_options)
+        self.store = Store(s.storage, s.storage_options, timeout_s=s.storage_timeout_s)
         self.metrics = CollectorMetrics()
+        self.metrics.watch_store(self.store.stats)
         self.spool = Spool(Path(s.spool_dir) / "events", self.writer, s.spool_max_bytes, s.spool_fsync)
         self.registry = SessionRegistry(self.store, self.writer, s.owner_kind, s.owner_name)
         self.flusher = Flusher(self.spool, self.store, s.namespace, s.cluster_name, self.metrics,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from rayhistory.store import StoreStats
+from rayhistory.store_metrics import StoreStatsCollector
 
 
 class CollectorMetrics:
@@ -41,6 +46,9 @@ class CollectorMetrics:
                                 "when a spool segment last reached storage", registry=r)
         self.endpoint_polls = Counter("rayhistory_collector_endpoint_polls", "dashboard endpoint polls, by result",
                                       ["endpoint", "result"], registry=r)
+
+    def watch_store(self, stats: Callable[[], StoreStats]) -> None:
+        self.registry.register(StoreStatsCollector(stats))
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -45,7 +45,7 @@ class Handlers:
     def store(self, spec: HistorySpec) -> Store:
         key = (spec.storage.url, json.dumps(spec.storage.options, sort_keys=True))
         if key not in self._stores:
-            self._stores[key] = Store(spec.storage.url, spec.storage.options)
+            self._stores[key] = Store(spec.storage.url, spec.storage.options, timeout_s=self.settings.storage_timeout_s)
         return self._stores[key]
 
     async def internal_token(self) -> str:

@@ -46,7 +46,7 @@ def _mark_dead(settings: MarkDeadSettings) -> int:
     except ValueError as exc:
         print(f"--end-time: {exc}", file=sys.stderr)
         return 2
-    store = Store(settings.storage, settings.storage_options)
+    store = Store(settings.storage, settings.storage_options, timeout_s=settings.storage_timeout_s)
     marked = asyncio.run(
         mark_dead(store, settings.namespace, settings.cluster, settings.session or None, settings.reason, end_ms)
     )

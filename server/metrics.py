@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from rayhistory.store import StoreStats
+from rayhistory.store_metrics import StoreStatsCollector
 
 _LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
@@ -48,30 +48,7 @@ class ServerMetrics:
     def watch_store(self, stats: Callable[[], StoreStats]) -> None:
         """Export a Store's stats() (read at every scrape): a stalled backend shows as calls in flight that
         keep getting older, then as timeouts."""
-        self.registry.register(_StoreCollector(stats))
+        self.registry.register(StoreStatsCollector(stats))
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-class _StoreCollector:
-    def __init__(self, stats: Callable[[], StoreStats]):
-        self._stats = stats
-
-    def describe(self):
-        return []  # read at scrape time only (nothing to check at registration)
-
-    def collect(self):
-        s = self._stats()
-        yield GaugeMetricFamily("rayhistory_storage_calls_in_flight",
-                                "Storage calls running (timed-out calls whose backend call still runs included)",
-                                value=s.in_flight)
-        yield GaugeMetricFamily("rayhistory_storage_oldest_call_age_seconds",
-                                "Age of the oldest storage call in flight (0 when none)", value=s.oldest_in_flight_s)
-        yield GaugeMetricFamily("rayhistory_storage_timeout_seconds", "The overall timeout of one storage call",
-                                value=s.timeout_s)
-        yield CounterMetricFamily("rayhistory_storage_calls", "Storage calls started", value=s.calls)
-        yield CounterMetricFamily("rayhistory_storage_timeouts", "Storage calls that timed out", value=s.timeouts)
-        yield CounterMetricFamily("rayhistory_storage_errors",
-                                  "Storage calls that failed otherwise (a missing object is not a failure)",
-                                  value=s.errors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -190,3 +191,33 @@ async def test_after_shutdown_starts_posts_are_refused_and_everything_is_flushed
         assert resp.status == 503
     assert await collector.shutdown() == 0
     assert collector.spool.bytes == 0
+
+
+async def test_a_storage_stall_shows_in_health_and_metrics(tmp_path, http):
+    """Issue 9, item 6: while storage hung, nothing moved but the spool's bytes. Storage is a real TCP server
+    that accepts and never answers (tests/backends.py), used as the S3 endpoint."""
+    from tests.backends import hanging_s3
+
+    with hanging_s3() as s3:
+        settings = Settings(storage="s3://history/store", storage_options=s3.s3_options(), storage_timeout_s=1.0,
+                            port=0, metrics_port=0,
+                            spool_dir=str(tmp_path / "spool"), ray_temp_root=str(tmp_path / "ray"),
+                            flush_interval=0.2, log_upload_interval=3600, shutdown_grace=2)
+        c = Collector(settings)
+        await c.start()
+        try:
+            async with http.post(url(c, "/v1/events"), json=received_bodies()[0]) as resp:
+                assert resp.status == 200  # durable in the spool: storage is not needed for a 200
+            for _ in range(100):
+                async with http.get(f"http://127.0.0.1:{c.metrics_port}/healthz") as resp:
+                    health = await resp.json()
+                if health["storage"]["timeouts"] and health["oldest_unflushed_s"] > 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert resp.status == 200 and health["spool_bytes"] > 0 and health["storage"]["timeouts"] >= 1
+            async with http.get(f"http://127.0.0.1:{c.metrics_port}/metrics") as resp:
+                text = await resp.text()
+            assert "rayhistory_storage_timeouts_total" in text and "rayhistory_collector_oldest_unflushed_seconds" in text
+            assert 'rayhistory_collector_upload_errors_total{kind="events"}' in text
+        finally:
+            await c.shutdown()
