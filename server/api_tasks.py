@@ -46,8 +46,9 @@ def _task_error(s: Snapshot, t: Task) -> tuple[str | None, str | None]:
         return None, None
     if t.error_type or t.error_message:
         return s.strings[t.error_type], re.sub(r"\x1b[^m]*m", "", s.strings[t.error_message])
-    if s.dead and not any(code == FAILED for code, _ in task_transitions(t)):
-        return "WORKER_DIED", "The session ended before this task finished (no terminal state was recorded)."
+    if t.end_reason:  # a failure the builder derived: a dead worker, the job's end, the session's end
+        error_type, _, message = s.strings[t.end_reason].partition("\n")
+        return error_type, message
     return None, None
 
 
@@ -160,8 +161,8 @@ def task_row(s: Snapshot, t: Task, detail: bool) -> dict:
     first_ts: dict[int, int] = {}
     for code, ts in transitions:
         first_ts.setdefault(code, ts)
-    if s.dead and t.state == FAILED and FAILED not in first_ts and t.end_ns:
-        first_ts[FAILED] = t.end_ns
+    if t.state in (FINISHED, FAILED) and t.state not in first_ts and t.end_ns:
+        first_ts[t.state] = t.end_ns  # an end the builder derived (docs/dead-sessions.md)
     # Ray lists a task's events in TaskStatus order, one per state.
     events = [{"state": TASK_STATES[code], "created_ms": _ms(ts)} for code, ts in sorted(first_ts.items())]
     row.update({
@@ -228,6 +229,8 @@ def select_tasks(s: Snapshot, filters: list[Filter], exclude_driver: bool) -> tu
         tasks = _narrow(s, tasks, f)
     if exclude_driver:
         tasks = _narrow(s, tasks, Filter("type", False, "DRIVER_TASK"))
+    if s.unlisted:
+        tasks = [t for t in tasks if t.listed]
     total = len(tasks)
     for f in filters:
         if f.column not in _TASK_SOURCE_FILTERS:
