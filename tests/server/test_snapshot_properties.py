@@ -72,7 +72,7 @@ settings.register_profile(
 PROFILE = settings.get_profile("snapshot-deep" if DEEP else "snapshot-ci")
 
 BOMB_BYTES = 256 << 20  # what a bomb inflates to
-MEMORY_BOUND = 64 << 20  # peak Python allocations of one load of the (small) fixture session, damage included
+MEMORY_BOUND = 128 << 20  # peak Python allocations of one load of the 2 MB fixture session, damage included
 DEPTH = 1000
 REF = fixture_ref()
 END_MS = layout.session_start_ms(REF.session) + 3_600_000
