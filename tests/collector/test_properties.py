@@ -36,7 +36,6 @@ import json
 import os
 import random
 import re
-import signal
 import sys
 import threading
 import time
@@ -324,8 +323,6 @@ def uid_of(event_id: Any) -> str | None:
         return None
 
 
-def parse_sent(body: bytes) -> Any:
-    return json.loads(body)
 
 
 def body_of(post: Post, example_no: int) -> tuple[bytes, list[dict]]:
