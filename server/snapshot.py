@@ -731,6 +731,7 @@ class SnapshotBuilder:
         except InflateError as exc:
             self._corrupt[key] = str(exc)  # empty, not gzip, truncated, or past a cap: the message says which
             return
+        rejected_before = self._events_rejected
         try:
             with _gc_paused():  # the batch's decoded events are freed before the GC runs again: it never sees them
                 unreadable = self._fold_batch(key, raw)
@@ -741,8 +742,14 @@ class SnapshotBuilder:
         if unreadable:
             self._corrupt[key] = unreadable
             return
-        self._corrupt.pop(key, None)
         self._covered.add(key)
+        rejected = self._events_rejected - rejected_before
+        if rejected:
+            # the collector stored only events it checked: one the builder cannot use is damage. Its
+            # neighbours are shown; the object is named, and the session says it is incomplete.
+            self._corrupt[key] = f"{rejected} of its events could not be used (each rejected alone)"
+        else:
+            self._corrupt.pop(key, None)
 
     def _fold_batch(self, key: str, raw: bytes) -> str:
         """Decode a batch and fold its events in. Why the whole batch is unreadable, or ''."""

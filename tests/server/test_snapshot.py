@@ -123,8 +123,10 @@ def test_a_bad_event_is_rejected_alone():
     bad_payload = json.loads(json.dumps(body[lifecycle]))
     bad_payload["nodeLifecycleEvent"]["stateTransitions"][0]["timestamp"] = "not a time"
     broken = [dict(body[0], eventId=17)] + body[1:lifecycle] + [bad_payload] + body[lifecycle + 1:]
-    snap = _build({layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1): _batch(broken)})
-    assert snap.events_rejected == 2 and snap.complete
+    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
+    snap = _build({key: _batch(broken)})
+    # rejected alone, and named: a stored event the builder cannot use is damage (issue 9, item 2)
+    assert snap.events_rejected == 2 and not snap.complete and [p.key for p in snap.objects_corrupt] == [key]
     assert len(snap.workers) == sum(e["eventType"] == "WORKER_DEFINITION_EVENT" for e in body)
 
 
@@ -142,7 +144,8 @@ def test_a_task_definition_with_a_bad_field_is_rejected_alone(field, value):
     snap = _build({key: _batch(events[:bad] + [broken] + events[bad + 1:])})
     without = _build({key: _batch(events[:bad] + events[bad + 1:])})
     assert snap.events_rejected == 1 and without.events_rejected == 0
-    assert _content(msgspec.structs.replace(snap, events_rejected=0)) == _content(without)
+    assert [p.key for p in snap.objects_corrupt] == [key] and not snap.complete
+    assert _content(msgspec.structs.replace(snap, events_rejected=0, objects_corrupt=[], complete=True)) == _content(without)
 
 
 def test_line_endings_and_blank_lines_do_not_matter(reference):
