@@ -72,7 +72,7 @@ demo: $(STAMP)
 ## The container image (deploy/Dockerfile) with podman, from a locally made base (no registry needed):
 ## localhost/rayhistory:<version>. image-tools: podman, buildah, runc, debootstrap from Debian (as root).
 IMAGE_PY = $$(test -x $(BIN)/python && echo $(BIN)/python || echo $(PYTHON))
-.PHONY: image image-smoke image-tools
+.PHONY: image image-smoke image-tools bench-image
 image-tools:
 	@$(PYTHON) scripts/image.py tools
 
@@ -81,6 +81,10 @@ image: image-tools
 
 image-smoke: image
 	@$(IMAGE_PY) scripts/image.py smoke
+
+## Image build times (cold, empty store, fresh clone, warm), size, start time (bench-results/image.json).
+bench-image: image-tools
+	$(IMAGE_PY) scripts/image.py bench
 
 # the image tests (tests/image, marked slow) run the image that `make test` builds first
 setup: image-tools
