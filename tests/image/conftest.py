@@ -45,9 +45,12 @@ def run(image_name: str, *args: str, entrypoint: str | None = None, timeout: flo
 class Container:
     """One detached container on the host network; `stop()` sends SIGTERM and returns the exit code."""
 
-    def __init__(self, image_name: str, args: list[str], volumes: dict[Path, str], env: dict[str, str] | None = None):
+    def __init__(self, image_name: str, args: list[str], volumes: dict[Path, str], env: dict[str, str] | None = None,
+                 read_only: bool = False):
         self.name = f"rayhistory-test-{uuid.uuid4().hex[:10]}"
         cmd = ["run", "-d", "--name", self.name, "--network=host"]
+        if read_only:  # as the operator's and the server's Deployments run it: readOnlyRootFilesystem, /tmp emptyDir
+            cmd += ["--read-only", "--tmpfs", "/tmp"]
         for host, inside in volumes.items():
             cmd += ["-v", f"{host}:{inside}"]
         for key, value in (env or {}).items():
@@ -82,8 +85,8 @@ class Container:
 
 @contextlib.contextmanager
 def container(image_name: str, args: list[str], volumes: dict[Path, str],
-              env: dict[str, str] | None = None) -> Iterator[Container]:
-    c = Container(image_name, args, volumes, env)
+              env: dict[str, str] | None = None, read_only: bool = False) -> Iterator[Container]:
+    c = Container(image_name, args, volumes, env, read_only)
     try:
         yield c
     finally:

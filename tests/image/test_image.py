@@ -47,6 +47,9 @@ def test_non_root_no_compiler_no_test_packages_ui_inside(image_name):
     assert out.returncode == 0, out.stderr
     uid, test_only, compilers, ui_dir, ui_files = json.loads(out.stdout)
     assert uid == 10001
+    # numeric, so that the kubelet can check runAsNonRoot: true (the manifests ask for it)
+    user = image.podman("image", "inspect", "--format", "{{.Config.User}}", image_name, capture=True).stdout.strip()
+    assert user == "10001"
     assert test_only == [] and compilers == []
     assert {"index.html", "static", "RAY_VERSION"} <= set(ui_files), ui_files
     # the operator's imports resolve without the kubernetes client's asyncio copy the Dockerfile leaves out
@@ -63,7 +66,7 @@ def test_server_serves_a_recorded_session_and_its_dashboard(image_name, tmp_path
     port, internal = free_port(), free_port()
     args = ["server", "--storage", "file:///store", "--host", "127.0.0.1", "--port", str(port),
             "--internal-port", str(internal), "--kubernetes", "off", "--log-format", "text"]
-    with container(image_name, args, {store_dir: "/store"}) as server:
+    with container(image_name, args, {store_dir: "/store"}, read_only=True) as server:
         base = f"http://127.0.0.1:{port}"
         server.wait_ready(base + "/clusters")
         status, ctype, body = get(base + "/")

@@ -66,7 +66,7 @@ def test_operator_from_the_image_reconciles_and_injects(image_name, tmp_path):
                 "--webhook-managed-config", WEBHOOK_CONFIG, "--liveness-port", str(liveness),
                 "--metrics-port", "0", "--retention-interval", "3600", "--log-format", "text"]
         env = {"KUBECONFIG": "/kube/config", "RAYHISTORY_STORAGE": "file:///tmp/store"}
-        with container(image_name, args, {tls: "/tls", kube: "/kube"}, env) as operator:
+        with container(image_name, args, {tls: "/tls", kube: "/kube"}, env, read_only=True) as operator:
             operator.wait_ready(f"http://127.0.0.1:{liveness}/healthz")
             wait_for("the managed webhook configuration", lambda: any(
                 w.get("clientConfig", {}).get("url") for w in (api.get_object(
