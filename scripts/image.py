@@ -267,8 +267,8 @@ def build(tag: str | None = None, context: Path = ROOT) -> str:
                  "--build-arg", "PIP_CERT=/etc/ssl/certs/ca-certificates.crt"]
     wheels = cache_dir() / "wheels"
     if wheels.is_dir() and any(wheels.glob("*.whl")):
-        args += ["-v", f"{wheels}:/var/cache/rayhistory-wheels:ro",
-                 "--build-arg", "PIP_FIND_LINKS=/var/cache/rayhistory-wheels"]
+        # on /mnt, empty in every Debian image: a new mount point would stay in the image as an empty folder
+        args += ["-v", f"{wheels}:/mnt:ro", "--build-arg", "PIP_FIND_LINKS=/mnt"]
     podman(*args, str(context))
     return name
 
