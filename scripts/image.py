@@ -55,7 +55,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RAYHISTORY_CACHE") or CACHE)
 
 
-DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 RAY_VERSION = "2.60.0"  # the Dockerfile's RAY_VERSION: the wheel the dashboard UI build is taken from
@@ -211,7 +210,26 @@ def make_base_tarball(dest: Path) -> None:
                        check=True)
         partial.rename(dest)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        # debootstrap mounts proc and sys (and may bind-mount /dev) in the target and unmounts them when it
+        # ends; after a failure some may be left: unmount them, and never delete through a mount point.
+        if unmount_under(work):
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"image: {work} still has mounts; left in place", file=sys.stderr)
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as fh:
+        points = [line.split()[1].replace("\\040", " ") for line in fh]
+    return [p for p in points if p.startswith(prefix)]
+
+
+def unmount_under(path: Path) -> bool:
+    """Unmount everything mounted below `path`, deepest first; True when nothing is left mounted."""
+    for point in sorted(mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False)
+    return not mounts_under(path)
 
 
 def base_in_store() -> bool:
