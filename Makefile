@@ -69,5 +69,26 @@ $(TOOLS)/dashboard/index.html:
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+## The container image (deploy/Dockerfile) with podman, from a locally made base (no registry needed):
+## localhost/rayhistory:<version>. image-tools: podman, buildah, runc, debootstrap from Debian (as root).
+IMAGE_PY = $$(test -x $(BIN)/python && echo $(BIN)/python || echo $(PYTHON))
+.PHONY: image image-smoke image-tools bench-image
+image-tools:
+	@$(PYTHON) scripts/image.py tools
+
+image: image-tools
+	$(IMAGE_PY) scripts/image.py build
+
+image-smoke: image
+	@$(IMAGE_PY) scripts/image.py smoke
+
+## Image build times (cold, empty store, fresh clone, warm), size, start time (bench-results/image.json).
+bench-image: image-tools
+	$(IMAGE_PY) scripts/image.py bench
+
+# the image tests (tests/image, marked slow) run the image that `make test` builds first
+setup: image-tools
+test test-slow: image
+
 clean:
 	rm -rf $(VENV) $(TOOLS) test-output .pytest_cache
