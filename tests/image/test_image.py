@@ -65,7 +65,8 @@ def test_server_serves_a_recorded_session_and_its_dashboard(image_name, tmp_path
         path.chmod(0o777 if path.is_dir() else 0o666)  # the server writes its compacted snapshot back
     port, internal = free_port(), free_port()
     args = ["server", "--storage", "file:///store", "--host", "127.0.0.1", "--port", str(port),
-            "--internal-port", str(internal), "--kubernetes", "off", "--log-format", "text"]
+            "--internal-port", str(internal), "--prewarm-token", "image-test", "--kubernetes", "off",
+            "--log-format", "text"]
     with container(image_name, args, {store_dir: "/store"}, read_only=True) as server:
         base = f"http://127.0.0.1:{port}"
         server.wait_ready(base + "/clusters")
@@ -105,8 +106,9 @@ def test_collector_accepts_a_real_batch_and_flushes_it_on_sigterm(image_name, tm
     for path in ray_root.rglob("*"):
         path.chmod(0o777 if path.is_dir() else 0o666)
     store_dir, spool_dir = shared_dir(tmp_path / "store"), shared_dir(tmp_path / "spool")
-    port = free_port()
-    env = {"RAYHISTORY_STORAGE": "file:///store", "RAYHISTORY_HOST": "127.0.0.1", "RAYHISTORY_PORT": str(port),
+    port, metrics_port = free_port(), free_port()
+    env = {"RAYHISTORY_STORAGE": "file:///store", "RAYHISTORY_PORT": str(port),
+           "RAYHISTORY_METRICS_PORT": str(metrics_port),
            "RAYHISTORY_NAMESPACE": "ray", "RAYHISTORY_CLUSTER_NAME": "demo", "RAYHISTORY_SPOOL_DIR": "/spool",
            "RAYHISTORY_RAY_TEMP_ROOT": "/tmp/ray", "RAYHISTORY_FLUSH_INTERVAL": "3600",
            "RAYHISTORY_LOG_UPLOAD_INTERVAL": "3600", "RAYHISTORY_LOG_FORMAT": "text"}
@@ -114,7 +116,7 @@ def test_collector_accepts_a_real_batch_and_flushes_it_on_sigterm(image_name, tm
     bodies = received_bodies()
     with container(image_name, ["collector"], volumes, env) as collector:
         url = f"http://127.0.0.1:{port}"
-        collector.wait_ready(url + "/healthz")
+        collector.wait_ready(f"http://127.0.0.1:{metrics_port}/healthz")  # what the kubelet probes
         accepted = 0
         for body in bodies:
             request = urllib.request.Request(url + "/v1/events", data=json.dumps(body).encode(), method="POST",
