@@ -98,14 +98,19 @@ class ServerState:
                 await self.loader.close()
 
     async def load_state(self, request: web.Request, ref: SessionRef) -> ui.LoadState:
-        """For the UI: is the session in memory (ready), and does it exist at all."""
+        """For the UI: is the session in memory (ready), and does it exist at all. A session that exists and
+        is not in memory starts loading now: a link opened by a plain HTTP client or a prefetch warms it too,
+        not only the loading page's script."""
         if self.cache.peek(ref) is not None:
             return ui.LoadState(ready=True)
         key = (ref.namespace, ref.cluster, ref.session)
-        if self.loader.job(ref) is not None or any((s.namespace, s.cluster, s.session) == key
-                                                   for s in self.directory.sessions):
-            return ui.LoadState(ready=False)
-        return ui.LoadState(ready=False, exists=await self.index.session(ref) is not None)
+        exists = self.loader.job(ref) is not None or any((s.namespace, s.cluster, s.session) == key
+                                                         for s in self.directory.sessions)
+        if not exists:
+            exists = await self.index.session(ref) is not None
+        if exists:
+            self.loader.warm(ref)
+        return ui.LoadState(ready=False, exists=exists)
 
 
 def _request_metrics(metrics: ServerMetrics):

@@ -218,6 +218,14 @@ class SessionLoader:
             self._failures.pop(next(iter(self._failures)))
         return failure
 
+    def warm(self, ref: SessionRef) -> LoadJob | None:
+        """Start loading a session in the background, without waiting (a GET of its page, a prefetch): unless it
+        is cached, already loading, or its backoff runs."""
+        job = self._jobs.get(ref)
+        if job is not None or ref in self.cache or self._closed or self.backoff(ref) is not None:
+            return job
+        return self._start(ref)
+
     def job(self, ref: SessionRef) -> LoadJob | None:
         return self._jobs.get(ref)
 

@@ -371,3 +371,21 @@ async def test_timeline_download_is_an_attachment_like_rays(store):
         trace = await resp.json()
     live = api_answer("api__v0__tasks__timeline__download=1__job_id=01000000.json")
     assert {e["name"] for e in trace} == {e["name"] for e in live}
+
+
+async def test_a_plain_get_of_a_session_page_starts_its_load(store):
+    """Issue 10, item 11: only the loading page's script started a load, so a link opened by a plain HTTP
+    client or a prefetch never warmed the session."""
+    ref = await write_fixture_session(store, with_logs=False)
+    async with running_server(store) as (client, _internal, state):
+        assert state.loader.state(ref) == "not_loaded"
+        page = await client.get(f"/s/{ref.tail}/")
+        assert page.status == 200
+        for _ in range(200):
+            if state.loader.state(ref) == "loaded":
+                break
+            await asyncio.sleep(0.05)
+        assert state.loader.state(ref) == "loaded"
+        assert (await client.get(f"/s/{ref.tail}/")).status == 200
+        unknown = await client.get(f"/s/ray/demo/{numbered_ref(9).session}/")
+        assert unknown.status == 404 and state.loader.state(numbered_ref(9)) == "not_loaded"
