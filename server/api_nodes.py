@@ -67,28 +67,66 @@ def node_summary(s: Snapshot, n: Node) -> dict:
     alive = _alive_workers(s, n.node_id)
     raylet["coreWorkersStats"] = [_core_worker_stats(w) for w in alive]
     raylet["numWorkers"] = len(alive)
-    return {"hostname": n.hostname, "ip": n.node_ip, "raylet": raylet}
+    summary = {"hostname": n.hostname, "ip": n.node_ip, "raylet": raylet}
+    if n.start_ns:
+        summary["bootTime"] = n.start_ns / 1e9  # the node page's boot time: the raylet's start is what is known
+    return summary
+
+
+def _format_memory(num_bytes: float) -> str:
+    """Ray's autoscaler format_memory (ray/autoscaler/_private/util.py)."""
+    for suffix, unit in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if num_bytes >= unit:
+            return f"{num_bytes / unit:.2f}{suffix}"
+    return f"{int(num_bytes)}B"
+
+
+def logical_resources(totals: dict[str, float]) -> str:
+    """A dead node's line of nodeLogicalResources, as Ray's autoscaler writes it (parse_usage, verbose):
+    nothing is in use once the cluster is gone, so each resource is 0 of its total."""
+    lines = []
+    for name, total in sorted(totals.items()):
+        if "node:" in name or "_group_" in name:
+            continue  # the per-node marker resource and placement group bundles
+        if name in ("memory", "object_store_memory"):
+            lines.append(f"{_format_memory(0)}/{_format_memory(total)} {name}")
+        else:
+            lines.append(f"{0.0}/{float(total)} {name}")
+    return "\n".join(lines)
+
+
+def _node_logical_resources(s: Snapshot) -> dict[str, str]:
+    # usage is read live from the GCS; a live session read from storage has no honest figure, a dead one has 0
+    return {n.node_id: logical_resources(_node_resources(n)) for n in s.nodes} if s.dead else {}
+
+
+NIL_ACTOR_ID = "ff" * 16
 
 
 def _alive_workers(s: Snapshot, node_id: str) -> list[dict]:
-    """Workers and drivers still alive at the end of the record (none in a dead session)."""
+    """Workers and drivers still alive at the end of the record (none in a dead session), with the job and
+    actor the events give them: an actor's ALIVE names the worker it runs on."""
     job_of = {w.worker_id: w.job_id for w in s.workers}
+    actor_on = {_latest(a.transitions, "worker_id"): a for a in s.actors}
     rows = [w for w in list_worker_rows(s) if w["is_alive"] and w["node_id"] == node_id]
     for w in rows:
-        w["job_id"] = job_of.get(w["worker_id"]) or (w["worker_id"][:8] if w["worker_type"] == "DRIVER" else "ffff")
+        actor = actor_on.get(w["worker_id"])
+        w["actor_id"] = actor.actor_id if actor is not None else NIL_ACTOR_ID
+        w["job_id"] = (job_of.get(w["worker_id"]) or (actor.job_id if actor is not None else "")
+                       or (w["worker_id"][:8] if w["worker_type"] == "DRIVER" else "ffff"))
     return rows
 
 
 def _core_worker_stats(w: dict) -> dict:
     return {"ipAddress": w["ip"], "workerId": w["worker_id"], "pid": w["pid"], "workerType": w["worker_type"],
-            "jobId": w["job_id"], "language": "PYTHON"}
+            "jobId": w["job_id"], "actorId": w["actor_id"], "language": "PYTHON"}
 
 
 def nodes(s: Snapshot, query: Query) -> tuple[int, dict]:
     view = query.get("view", "summary")
     if view == "summary":
-        return 200, _ok({"summary": [node_summary(s, n) for n in s.nodes], "nodeLogicalResources": {}},
-                        "Node summary fetched.")
+        return 200, _ok({"summary": [node_summary(s, n) for n in s.nodes],
+                         "nodeLogicalResources": _node_logical_resources(s)}, "Node summary fetched.")
     if view == "hostnamelist":
         return 200, _ok({"hostNameList": sorted({n.hostname for n in s.nodes})}, "Node hostname list fetched.")
     # Ray raises on any other view; its error middleware answers 500 with this message

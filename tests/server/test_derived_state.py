@@ -210,3 +210,24 @@ def test_ids_only_a_submitter_named_are_not_listed():
     for path in ("/api/v0/tasks/summarize", "/api/v0/tasks?limit=10000&filter_keys=job_id&filter_predicates=%3D"
                  "&filter_values=01000000"):
         assert call(snapshot, "GET", path) == call(reference, "GET", path)
+
+
+def test_node_summary_fills_what_the_events_know():
+    """Item 6: worker rows lacked the job and actor their events give, and a dead session's nodes had no
+    logical resources (the Cluster page showed NaN and "0/ 0")."""
+    from tests.conftest import API
+
+    live = json.loads((API / "nodes__view=summary.json").read_text())["data"]
+    live_workers = {w["workerId"]: w for w in live["summary"][0]["raylet"]["coreWorkersStats"]}
+    _, ours = call(build(EVENTS, dead=False), "GET", "/nodes?view=summary")
+    for w in ours["data"]["summary"][0]["raylet"]["coreWorkersStats"]:
+        if w["workerId"] in live_workers:
+            assert (w["jobId"], w["actorId"]) == (live_workers[w["workerId"]]["jobId"],
+                                                  live_workers[w["workerId"]]["actorId"])
+    assert any(w["actorId"] != "ff" * 16 for w in ours["data"]["summary"][0]["raylet"]["coreWorkersStats"])
+    [(node_id, line)] = live["nodeLogicalResources"].items()
+    _, dead = call(build(EVENTS, dead=True), "GET", "/nodes?view=summary")
+    # the live line's totals, with nothing in use (the placement group's reservation is gone with the cluster)
+    assert dead["data"]["nodeLogicalResources"] == {
+        node_id: line.replace(" (0.0 used of 0.25 reserved in placement groups)", "")}
+    assert dead["data"]["summary"][0]["bootTime"] > 1.7e9
