@@ -33,8 +33,6 @@ import copy
 import gzip
 import itertools
 import json
-import os
-import random
 import re
 import sys
 import threading
@@ -47,41 +45,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, currently_in_test_context, example, given, note, seed, settings
+from hypothesis import currently_in_test_context, example, given, note
 from hypothesis import strategies as st
 
 from rayhistory import layout
 from tests.backends import _boto3_s3, moto_s3
 from tests.collector.process import CollectorProcess
 from tests.conftest import HEAD_NODE_ID, SESSION_NAME, received_bodies
+from tests.property_budget import REPORT_ONLY, budget, fail
 
 pytestmark = [pytest.mark.slow, pytest.mark.property]
 
 # ---- budget -------------------------------------------------------------------------------------------
 
-CI_EXAMPLES = 15
-EXAMPLES = int(os.environ.get("RAYHISTORY_PROPERTY_EXAMPLES", CI_EXAMPLES))
-DEEP = EXAMPLES > CI_EXAMPLES
-SEED = int(os.environ.get("RAYHISTORY_PROPERTY_SEED", random.randrange(1 << 32)))
-# RAYHISTORY_PROPERTY_REPORT_ONLY=1: print every example's problems and go on (a survey of what fails, and
-# the runtime the budget costs once nothing does); never in CI.
-REPORT_ONLY = os.environ.get("RAYHISTORY_PROPERTY_REPORT_ONLY") == "1"
-
-
-def fail(message: str) -> None:
-    if REPORT_ONLY:
-        print("PROBLEM " + message.replace("\n", "\n        "))
-    else:
-        pytest.fail(message, pytrace=False)
-
-settings.register_profile(
-    "ci", max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
-    phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
-    report_multiple_bugs=True)
-settings.register_profile(
-    "deep", max_examples=EXAMPLES, deadline=None, derandomize=False, database=None, print_blob=True,
-    suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
-PROFILE = settings.get_profile("deep" if DEEP else "ci")
+BUDGET = budget("collector", ci_examples=15)
 
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))  # the test's own json.loads of deep events
 
@@ -464,8 +441,7 @@ def harness(tmp_path_factory):
     with moto_s3() as s3:
         h = Harness(s3, tmp_path_factory.mktemp("props"))
         h.start()
-        print(f"\n[collector properties] profile={'deep' if DEEP else 'ci'} examples={EXAMPLES} "
-              + (f"seed={SEED} (RAYHISTORY_PROPERTY_SEED={SEED} replays it)" if DEEP else "derandomize=True"))
+        print("\n" + BUDGET.describe())
         try:
             yield h
         finally:
@@ -659,12 +635,7 @@ def _with_session(session: str) -> EventSpec:
     return _ev("TASK_LIFECYCLE_EVENT", SESSION_NAME, HEAD_NODE_B64, Mutation(("sessionName",), session))
 
 
-def _apply_settings(fn):
-    fn = settings(PROFILE)(fn)
-    return seed(SEED)(fn) if DEEP else fn
-
-
-@_apply_settings
+@BUDGET.apply
 @given(plan=steps)
 # kills, SIGTERM and an outage with real events only: what must hold today already
 @example(plan=[Post("events", (_GOOD, _GOOD2)), Kill(None), Outage(True), Post("events", (_GOOD,)),

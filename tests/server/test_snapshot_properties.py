@@ -28,8 +28,6 @@ import asyncio
 import base64
 import gzip
 import json
-import os
-import random
 import shutil
 import tracemalloc
 import uuid
@@ -38,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, seed, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from rayhistory import layout
@@ -46,30 +44,11 @@ from rayhistory.server.snapshot_store import LoadProgress, build_session, list_s
 from rayhistory.store import Store
 from tests.conftest import HEAD_NODE_ID, RECEIVED
 from tests.server.fixture_store import fixture_ref, running_server, write_fixture_session
+from tests.property_budget import budget, fail
 
 pytestmark = pytest.mark.property
 
-CI_EXAMPLES = 25
-EXAMPLES = int(os.environ.get("RAYHISTORY_PROPERTY_EXAMPLES", CI_EXAMPLES))
-DEEP = EXAMPLES > CI_EXAMPLES
-SEED = int(os.environ.get("RAYHISTORY_PROPERTY_SEED", random.randrange(1 << 32)))
-# RAYHISTORY_PROPERTY_REPORT_ONLY=1: print every example's problems and go on (a survey of what fails, and
-# the runtime the budget costs once nothing does); never in CI.
-REPORT_ONLY = os.environ.get("RAYHISTORY_PROPERTY_REPORT_ONLY") == "1"
-
-
-def fail(message: str) -> None:
-    if REPORT_ONLY:
-        print("PROBLEM " + message.replace("\n", "\n        "))
-    else:
-        pytest.fail(message, pytrace=False)
-settings.register_profile(
-    "snapshot-ci", max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
-    phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck), report_multiple_bugs=True)
-settings.register_profile(
-    "snapshot-deep", max_examples=EXAMPLES, deadline=None, derandomize=False, database=None, print_blob=True,
-    suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
-PROFILE = settings.get_profile("snapshot-deep" if DEEP else "snapshot-ci")
+BUDGET = budget("snapshot", ci_examples=25)
 
 BOMB_BYTES = 256 << 20  # what a bomb inflates to
 MEMORY_BOUND = 128 << 20  # peak Python allocations of one load of the 2 MB fixture session, damage included
@@ -284,19 +263,13 @@ async def load_and_check(pristine: Path, plan: list[Damage], bombs: dict[str, by
 _examples = iter(range(1 << 30))
 
 
-def _apply_settings(fn):
-    fn = settings(PROFILE)(fn)
-    return seed(SEED)(fn) if DEEP else fn
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _print_budget():
-    print(f"\n[snapshot properties] examples={EXAMPLES} "
-          + (f"seed={SEED} (RAYHISTORY_PROPERTY_SEED={SEED} replays it)" if DEEP else "derandomize=True"))
+    print("\n" + BUDGET.describe())
 
 
 @pytest.mark.slow
-@_apply_settings
+@BUDGET.apply
 @given(plan=damages)
 @example(plan=[])
 @example(plan=[Damage("batch", 3, "truncate", 0.5), Damage("batch", 7, "not_gzip", 0.0),
