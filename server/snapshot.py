@@ -104,7 +104,7 @@ class Task(Struct, array_like=True, gc=False):
     state: int = 0  # the state the dashboard shows (TASK_STATES code); derived in build()
     end_ns: int = 0  # derived: FINISHED/FAILED time, recorded or derived (docs/dead-sessions.md)
     end_reason: int = 0  # derived: "ERROR_TYPE\nmessage" of a failure no event recorded (string index)
-    listed: bool = True  # derived: False for what Ray's lists leave out (ids only submit-side profiles name)
+    listed: bool = True  # derived: False for attempts Ray's lists leave out (no definition event of their own)
 
 
 class Transition(Struct, array_like=True, gc=False):
@@ -182,7 +182,7 @@ class Snapshot(Struct, gc=False):
     dead: bool = False
     end_ms: int = 0
     strings: list[str] = msgspec.field(default_factory=lambda: [""])
-    tasks: list[Task] = []  # every attempt, sorted by (task_id, attempt), driver tasks included
+    tasks: list[Task] = []  # every attempt, by task id, later attempts first (Ray's order); drivers included
     unlisted: int = 0  # how many of them Ray's lists leave out (Task.listed false)
     job_tasks: dict[int, bytes] = {}  # job id (string index) -> positions in `tasks` (uint32) of its non-driver tasks
     actors: list[Actor] = []
@@ -304,74 +304,17 @@ _TASK_STRINGS_TAIL = ("placement_group", "resources", "runtime_env", "call_site"
 
 # ---- what the events prove about a task attempt (issue: nothing shown is invented) -------------------
 
-NIL_ID_HEX = "ff"
-_DEFINITION_FIELDS = ("name", "func", "type", "language", "actor", "parent", "placement_group", "resources",
-                      "runtime_env", "call_site", "label_selector", "job")
+EXECUTE_PROFILE_EVENTS = ("task:execute", "task:store_outputs")
 # ray.rpc.WorkerExitType: Ray's GCS prints the number in its failure message
 _WORKER_EXIT_TYPES = {"SYSTEM_ERROR": 0, "INTENDED_SYSTEM_EXIT": 1, "USER_ERROR": 2, "INTENDED_USER_EXIT": 3,
                       "NODE_OUT_OF_MEMORY": 4}
-SUBMIT_PROFILE_EVENT = "submit_task"
-EXECUTE_PROFILE_EVENTS = ("task:execute", "task:store_outputs")
-
-
-def task_kind_of_id(task_id: str) -> tuple[str, str]:
-    """(task type, actor id) that Ray's id scheme encodes in a task id (hex): 8 unique bytes, then the actor
-    id (12 unique bytes + 4 job bytes), all-ones where nil. An actor creation task's unique part is nil."""
-    unique, actor_unique = task_id[:16], task_id[16:40]
-    nil_unique, nil_actor = unique == "f" * 16, actor_unique == "f" * 24
-    if len(task_id) != 48:
-        return "", ""
-    if nil_unique and nil_actor:
-        return "DRIVER_TASK", ""
-    if nil_unique:
-        return "ACTOR_CREATION_TASK", task_id[16:]
-    if not nil_actor:
-        return "ACTOR_TASK", task_id[16:]
-    return "NORMAL_TASK", ""
-
-
-def name_from_profile(names: list[str]) -> str:
-    """A worker's execution profile event is named "task::<the task's name>"."""
-    return next((n[len("task::"):] for n in names if n.startswith("task::") and len(n) > len("task::")), "")
-
-
-def definition_for_undefined(task_id: str, fields: dict, sibling: dict | None, profile_names: list[str],
-                             actors: dict[str, "Actor"]) -> dict:
-    """The definition of an attempt whose definition event Ray dropped (pure): another attempt's definition
-    of the same task id, else what its id, its profile events and its actor say. Fields that nothing names
-    stay empty."""
-    out = dict(fields)
-    if sibling is not None:
-        for name in _DEFINITION_FIELDS:
-            if sibling.get(name) and not out.get(name):
-                out[name] = sibling[name]
-        return out
-    task_type, actor_id = task_kind_of_id(task_id)
-    if task_type:
-        out["type"] = task_type
-    if actor_id and not out.get("actor"):
-        out["actor"] = actor_id
-    if not out.get("job") and len(task_id) == 48:
-        out["job"] = task_id[40:]
-    name = name_from_profile(profile_names)
-    actor = actors.get(actor_id) if actor_id else None
-    if task_type == "ACTOR_CREATION_TASK" and actor is not None and actor.class_name:
-        func = f"{actor.class_name.rsplit('.', 1)[-1]}.__init__"
-        name = name or (f"{actor.name}:{func}" if actor.name else func)
-    else:
-        # a creation task of a named actor is "name:Class.__init__"; its function is the part after the name
-        func = name.split(":", 1)[1] if task_type == "ACTOR_CREATION_TASK" and ":" in name else name
-    if name and not out.get("name"):
-        out["name"] = name
-    if func and not out.get("func"):
-        out["func"] = func
-    return out
 
 
 def execution_closed_ns(profile: list[tuple[int, int, str]]) -> int:
     """When a worker's profile events say the attempt's execution ended (its outputs stored), or 0."""
-    ends = [end for end, _, name in profile if name in EXECUTE_PROFILE_EVENTS and end > 0]
-    return max(ends) if "task:execute" in {name for end, _, name in profile if end > 0} and ends else 0
+    closed = [end for end, _, name in profile if name in EXECUTE_PROFILE_EVENTS and end > 0]
+    executed = any(name == "task:execute" and end > 0 for end, _, name in profile)
+    return max(closed) if executed else 0
 
 
 def _first_alive_after(actor: "Actor | None", after_ns: int) -> int:
@@ -1016,16 +959,14 @@ class SnapshotBuilder:
         words = self._words
         return [(e, s, words[n]) for e, s, n, _ in _ACC_PROFILE.iter_unpack(f.get("p", b""))]
 
-    def _derived_end(self, task_id: str, f: dict, transitions: list[tuple[int, int]],
-                     profile: list[tuple[int, int, str]] | None, state: int, end_ns: int) -> tuple[int, int, str]:
+    def _derived_end(self, task_id: str, f: dict, transitions: list[tuple[int, int]], state: int,
+                     end_ns: int) -> tuple[int, int, str]:
         """(state, end ns, failure reason) of an attempt no terminal transition ended (docs/dead-sessions.md):
         in a dead session what the events prove (its execution closed, its actor became ALIVE) ends it
         FINISHED; else, in any session, a DEAD worker it ran on or its job's end fails it as Ray's GCS does;
         else a dead session fails it at the session's end."""
         if self.dead:
-            if profile is None:
-                profile = self._profile_of(f)
-            closed = execution_closed_ns(profile)
+            closed = execution_closed_ns(self._profile_of(f))
             if not closed and f.get("type") == "ACTOR_CREATION_TASK":
                 closed = _first_alive_after(self._actors.get(f.get("actor", "")),
                                             transitions[0][0] if transitions else 0)
@@ -1060,20 +1001,16 @@ class SnapshotBuilder:
             else:
                 by_hex[key] = fields
         words = self._words
-        # one attempt's definition per task id, for the attempts whose definition event Ray dropped
-        defined = {task_id: f for (task_id, _), f in by_hex.items() if "type" in f}
         tasks = []
         append = tasks.append
-        for task_id, attempt in sorted(by_hex):
+        # Ray sorts its task list by task id alone, stably, over the GCS's order, where an attempt that ended
+        # later comes first: a retry before the attempt it replaced
+        for task_id, attempt in sorted(by_hex, key=lambda k: (k[0], -k[1])):
             f = by_hex[task_id, attempt]
-            profile = None
-            listed = True
-            if "type" not in f:
-                profile = self._profile_of(f)
-                names = [name for _, _, name in profile]
-                if not f.get("t") and task_id not in defined and all(n == SUBMIT_PROFILE_EVENT for n in names):
-                    listed = False  # only a submitter named it: Ray's lists do not show it
-                f = definition_for_undefined(task_id, f, defined.get(task_id), names, self._actors)
+            # Ray's GCS lists only task attempts with task info of their own (HandleGetTaskEvents skips the
+            # others): a restarted actor's constructor, an id only a submitter's profile events name. They are
+            # kept, unlisted, for a definition a later flush may bring.
+            listed = "type" in f
             get = f.get
             transitions = sorted(set(_ACC_TRANSITION.iter_unpack(get("t", b""))))
             # the dashboard shows the greatest state by enum number (Ray's protobuf_to_task_state_dict)
@@ -1085,12 +1022,12 @@ class SnapshotBuilder:
                     end = ts
             reason = ""
             if state != FINISHED and state != FAILED and listed:
-                state, end, reason = self._derived_end(task_id, f, transitions, profile, state, end_ns)
-            get_profile = get("p")
-            if get_profile:
+                state, end, reason = self._derived_end(task_id, f, transitions, state, end_ns)
+            profile = get("p")
+            if profile:
                 # a worker records a profile event when it ends: end time is the order Ray shows them in
-                events = sorted({(e, s, words[n], words[x]) for e, s, n, x in _ACC_PROFILE.iter_unpack(get_profile)})
-                get_profile = b"".join([pack_profile(ref(n), s, e, ref(x)) for e, s, n, x in events])
+                events = sorted({(e, s, words[n], words[x]) for e, s, n, x in _ACC_PROFILE.iter_unpack(profile)})
+                profile = b"".join([pack_profile(ref(n), s, e, ref(x)) for e, s, n, x in events])
             has_log = "stdout_file" in f or "stderr_file" in f
             # positional, in Task's field order (which is also the order strings get their index in)
             append(Task(
@@ -1099,7 +1036,7 @@ class SnapshotBuilder:
                 pack_offsets(*[get(k, 0) - 1 for k in _LOG_INFO_KEYS[2:]]) if has_log else b"",
                 get("debugger_paused", 0),
                 b"".join([pack_transition(code, ts) for ts, code in transitions]),
-                get_profile or b"", ref(get("component")), state, end, ref(reason or None), listed,
+                profile or b"", ref(get("component")), state, end, ref(reason or None), listed,
             ))
         job_positions: dict[int, array] = {}
         driver = index.get("DRIVER_TASK", -1)

@@ -1,15 +1,19 @@
 """Ray driver for the collector's end-to-end tests (run by tests/e2e/test_collector_ray.py; RAY_ADDRESS set).
 
-    python collector_workload.py full DASHBOARD_URL   normal, multi-return and nested tasks, a failing task,
-                                                      actors (one whose constructor fails, one killed, one with a
-                                                      failing method), a placement group, and a job submitted
-                                                      through the Job Submission API; leaves a detached actor and
-                                                      a detached placement group alive; prints a JSON summary
+    python collector_workload.py full DASHBOARD_URL   normal, multi-return and nested tasks, a failing task, a task
+                                                      retried after its worker died, actors (one whose constructor
+                                                      fails, one killed, one with a failing method, one restarted
+                                                      after its process died), a placement group, and a job
+                                                      submitted through the Job Submission API; leaves a detached
+                                                      actor and a detached placement group alive; prints a JSON
+                                                      summary
     python collector_workload.py stream SECONDS       small tasks in waves for SECONDS: a steady event stream
 """
 
 import json
+import os
 import sys
+import tempfile
 import time
 
 import ray
@@ -39,6 +43,26 @@ def parent(x):
 @ray.remote(max_retries=0)
 def boom():
     raise ValueError("intentional task failure")
+
+
+@ray.remote(max_retries=2)
+def flaky(marker: str) -> str:
+    """Its first attempt's worker dies (attempt 0 FAILED with WORKER_DIED); the retry finishes."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return "second attempt"
+
+
+@ray.remote(max_restarts=1)
+class Phoenix:
+    """Restarted once after its process dies: its constructor runs as attempt 0 and attempt 1."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def die(self) -> None:
+        os._exit(1)
 
 
 @ray.remote
@@ -89,6 +113,21 @@ def full(dashboard_url: str) -> dict:
         ray.get(alive.fail.remote())
     except ray.exceptions.RayTaskError:
         summary["actor_task"] = "failed"
+    marker = os.path.join(tempfile.mkdtemp(prefix="rh-flaky-"), "first-attempt-ran")
+    summary["flaky"] = ray.get(flaky.remote(marker))
+    phoenix = Phoenix.options(name="restarted_actor").remote()
+    first_pid = ray.get(phoenix.pid.remote())
+    try:
+        ray.get(phoenix.die.remote())
+    except ray.exceptions.RayActorError:
+        pass
+    deadline = time.time() + 60
+    while time.time() < deadline:  # calls fail while it restarts; the restarted process answers
+        try:
+            summary["restarted"] = ray.get(phoenix.pid.remote(), timeout=10) != first_pid
+            break
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            time.sleep(0.5)
     pg = placement_group([{"CPU": 0.5}], strategy="PACK", name="e2e_pg")
     ray.get(pg.ready())
     remove_placement_group(pg)

@@ -304,6 +304,7 @@ async def test_workload_then_ray_stop_then_sigterm_stores_everything(tmp_path, c
     relay.serve(collector)
     summary = run_workload(cluster, "full", cluster.dashboard_url)
     assert summary["submission_status"] == "SUCCEEDED", summary
+    assert summary["flaky"] == "second attempt" and summary.get("restarted") is True, summary
     relay.wait_quiet()
     # the live dashboard's answers, the ground truth of the pipeline test below (and of this one's checks)
     live_answers = {path: json.loads(dashboard_get(cluster, path)) for path in PIPELINE_PATHS}
@@ -312,6 +313,10 @@ async def test_workload_then_ray_stop_then_sigterm_stores_everything(tmp_path, c
         "actors": live_answers["/api/v0/actors?detail=1&limit=10000"]["data"]["result"]["result"],
         "jobs": live_answers["/api/jobs/"],
     }
+    # the run has what issue 10 is about: a task retried after its worker died, an actor restarted
+    assert sorted((t["attempt_number"], t["state"]) for t in live["tasks"] if t["func_or_class_name"] == "flaky") \
+        == [(0, "FAILED"), (1, "FINISHED")]
+    assert [a.get("num_restarts") for a in live["actors"] if a["name"] == "restarted_actor"] == ["1"]
     log_task = next(t for t in live["tasks"] if t["job_id"] == summary["job_id"] and t["func_or_class_name"] == "parent"
                     and t["state"] == "FINISHED")
     log_path = f"/api/v0/logs/file?task_id={log_task['task_id']}&suffix=out"
