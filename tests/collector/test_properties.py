@@ -60,7 +60,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.property]
 
 BUDGET = budget("collector", ci_examples=15)
 
-sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))  # the test's own json.loads of deep events
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _deep_enough_for_the_oracle():
+    """The oracle's own json.loads of deep events needs a higher recursion limit, for this module only:
+    left raised, it would let in-process decoders in later test modules read what they must reject."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(before, 20_000))
+    yield
+    sys.setrecursionlimit(before)
 
 # ---- the oracle's own name rules (ASCII, full match, bounded): not rayhistory's -----------------------
 

@@ -32,7 +32,10 @@ VENV_BIN = Path(sys.executable).parent
 RAY = VENV_BIN / "ray"
 
 # On a loopback-only machine Ray swaps 127.0.0.1 for the eth0 address without this (fixtures README).
-BASE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# RAY_raylet_start_wait_time_s: on a busy 2-core machine the raylet can take longer than Ray's 30 s to
+# register with the GCS, and `ray start` then fails though nothing is wrong
+BASE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_raylet_start_wait_time_s": "120"}
 
 
 def event_export_env(collector_port: int) -> dict[str, str]:
@@ -124,7 +127,7 @@ def _wait_http(url: str, timeout_s: float) -> None:
 
 
 def start(env: dict[str, str] | None = None, num_cpus: int = 2, temp_dir: str | Path | None = None,
-          ports: dict[str, int] | None = None, timeout_s: float = 90) -> RayCluster:
+          ports: dict[str, int] | None = None, timeout_s: float = 180) -> RayCluster:
     """Start a head node (`ray start --head`) with a private temp dir and free ports; wait for its dashboard.
 
     `env` is added to the environment of `ray start` and kept in `cluster.env` for drivers. `ports` overrides
