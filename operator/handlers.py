@@ -92,11 +92,19 @@ class Handlers:
     # ---- RayCluster -----------------------------------------------------------------------------
 
     async def inject(self, body: kopf.Body, patch: kopf.Patch, warnings: list[str], histories: kopf.Index,
-                     **_: Any) -> None:
+                     operation: str | None = None, **_: Any) -> None:
         watched = self.settings.watched_namespaces()
         if watched and body.get("metadata", {}).get("namespace") not in watched:
             return  # its deletion would never be seen, so its finalizer would never be released
         known = [value for key in histories for value in histories[key]]
+        if operation == "UPDATE":
+            changes, note = injection.update_patch(dict(body), known)
+            if changes is not None:
+                self.metrics.admissions.labels("reinjected").inc()
+                patch.spec.update(changes["spec"])
+            elif note.startswith("rayhistory:"):
+                warnings.append(note)
+            return
         changes, note = injection.admission_patch(dict(body), known)
         if changes is None:
             if note.startswith("rayhistory:"):
@@ -164,7 +172,7 @@ class Handlers:
         kopf.on.resume(*HISTORY, id="reconcile", registry=registry)(self.reconcile)
         kopf.on.delete(*HISTORY, id="cleanup", registry=registry)(self.remove_history)
         kopf.timer(*HISTORY, id="retention", interval=s.retention_interval, registry=registry)(self.apply_retention)
-        kopf.on.mutate(*RAYCLUSTER, id="inject", operations=["CREATE"], ignore_failures=True,
+        kopf.on.mutate(*RAYCLUSTER, id="inject", operations=["CREATE", "UPDATE"], ignore_failures=True,
                        registry=registry)(self.inject)
         kopf.on.delete(*RAYCLUSTER, id="record", annotations={config.HISTORY_ANNOTATION: kopf.PRESENT},
                        registry=registry)(self.record_on_delete)

@@ -294,7 +294,7 @@ def test_webhook_configuration_never_blocks(env: Env, history: dict):
                        WEBHOOK_CONFIG)["webhooks"]
     assert [w["failurePolicy"] for w in webhooks] == ["Ignore"]
     assert webhooks[0]["rules"][0]["resources"] == ["rayclusters"]
-    assert webhooks[0]["rules"][0]["operations"] == ["CREATE"]
+    assert webhooks[0]["rules"][0]["operations"] == ["CREATE", "UPDATE"]
 
 
 def test_raycluster_comes_back_injected(env: Env, history: dict):
