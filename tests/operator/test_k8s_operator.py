@@ -49,6 +49,9 @@ PREWARM_TOKEN = "prewarm-secret"
 FINALIZER_DEADLINE = 20.0
 SHUTDOWN_GRACE = 40  # the test RayHistory's collector.shutdownGrace: pods get at least 50 s of grace
 NODE_WORKER = "2" * 56
+# A newer session of the same cluster closes the older one after this long (head restart). Every other
+# test keeps one session per cluster, or sessions far apart in clusters of their own.
+SUPERSEDED_GRACE = 600
 
 
 def run(coro):
@@ -66,7 +69,7 @@ class Operator:
             "--webhook-addr", "127.0.0.1", "--webhook-port", str(self.webhook_port),
             "--webhook-cert-dir", str(cert_dir),
             "--finalizer-deadline", str(FINALIZER_DEADLINE), "--finalizer-poll-interval", "0.5",
-            "--retention-interval", "2", "--superseded-grace", str(365 * 86400),
+            "--retention-interval", "2", "--superseded-grace", str(SUPERSEDED_GRACE),
             "--prewarm-url", prewarm_url, "--prewarm-token", PREWARM_TOKEN, "--prewarm-timeout", "10",
             "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port),
         ]
@@ -524,6 +527,17 @@ def test_deletion_never_waits_past_the_deadline(world: World, history: dict):
     assert "final flush not confirmed before the deadline" in info.dead_reason and NODE_WORKER[:12] in info.dead_reason
 
 
+def test_metrics_count_what_the_operator_did(world: World, history: dict):
+    """Counted since the operator's restart in the webhook-down test: the owners' clusters, `demo`'s
+    deletion after its final flush, `stuck`'s at the deadline."""
+    samples = world.operator.metrics()
+    assert samples['rayhistory_operator_admissions_total{result="injected"}'] >= 3
+    assert samples['rayhistory_operator_clusters_recorded_total{reason="flushed"}'] >= 1
+    assert samples['rayhistory_operator_clusters_recorded_total{reason="deadline"}'] >= 1
+    assert samples['rayhistory_operator_sessions_marked_dead_total'] >= 2
+    assert samples['rayhistory_operator_prewarms_total{result="ok"}'] >= 1
+
+
 def test_operator_killed_mid_deletion_still_finishes(world: World, history: dict):
     create_cluster(world, cluster_doc("crash", workers=1), workers=1)
     ref = SessionRef(NS, "crash", session_of_today(120))
@@ -573,6 +587,22 @@ def test_retention_against_the_real_api(world: World, history: dict):
         "rayhistory", "history", "-n", SYSTEM_NS)["status"]["sessionsRecorded"] == recorded, timeout=60)
 
 
+def test_a_head_restart_marks_the_old_session_dead(world: World, history: dict):
+    """A living cluster whose head restarted: two live sessions, the newer one started more than the
+    grace ago. The retention timer closes the older one; the newer stays live."""
+    old = SessionRef(NS, "restarted", session_of_today(SUPERSEDED_GRACE + 7200))
+    new = SessionRef(NS, "restarted", session_of_today(SUPERSEDED_GRACE + 60))
+    for ref in (old, new):
+        world.write_record(ref, IndexKind.LIVE, [HEAD_NODE_ID])
+    wait_for("the old session to be closed", lambda: world.sessions("restarted")[old.session].state == "dead",
+             timeout=60)
+    sessions = world.sessions("restarted")
+    assert "superseded by a newer session" in sessions[old.session].dead_reason
+    assert sessions[new.session].state == "live"
+    wait_for("the closing reported in an Event on the RayHistory", lambda: any(
+        "closed 1 superseded session(s)" in m for m in world.events(SYSTEM_NS, "history", "Retention")), timeout=60)
+
+
 # ---- 7. least privilege, as the API server decides it ----------------------------------------------
 
 def can_i(world: World, *args: str) -> bool:
@@ -581,10 +611,20 @@ def can_i(world: World, *args: str) -> bool:
     return result.stdout.strip() == "yes"
 
 
+def test_the_operator_was_never_refused(world: World, history: dict):
+    """Every test above ran the operator under deploy/'s ClusterRole: one missing permission would
+    show as a 403 in its log (Kopf logs and retries what the API server refuses)."""
+    log = world.operator.process.log_path.read_text(errors="replace")
+    assert "Handler 'reconcile' succeeded" in log  # the log is the operator's, and it did work
+    refused = [line for line in log.splitlines() if "403" in line or "orbidden" in line]
+    assert not refused, "\n".join(refused[:10])
+
+
 def test_operator_has_no_write_it_does_not_use(world: World, history: dict):
     # What it uses (each exercised by a test above, under this very token).
     for verb, what in [("patch", "rayclusters.ray.io"), ("deletecollection", "pods"), ("create", "deployments.apps"),
-                       ("patch", "rayhistories.rayhistory.io/status"), ("create", "events")]:
+                       ("patch", "rayhistories.rayhistory.io/status"), ("create", "events"),
+                       ("create", "clusterrolebindings.rbac.authorization.k8s.io")]:
         assert can_i(world, verb, what, "-A"), (verb, what)
     assert can_i(world, "bind", "clusterroles.rbac.authorization.k8s.io/rayhistory-server")
     # What it must not be able to do.
@@ -592,7 +632,11 @@ def test_operator_has_no_write_it_does_not_use(world: World, history: dict):
                        ("update", "rayclusters.ray.io"), ("delete", "namespaces"), ("create", "rayhistories.rayhistory.io"),
                        ("delete", "deployments.apps"), ("create", "clusterroles.rbac.authorization.k8s.io"),
                        ("escalate", "clusterroles.rbac.authorization.k8s.io"),
-                       ("patch", "customresourcedefinitions.apiextensions.k8s.io")]:
+                       ("patch", "customresourcedefinitions.apiextensions.k8s.io"),
+                       # deploy/operator's webhook configuration is static (cert-manager injects the CA)
+                       ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
+                       ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
+                       ("list", "pods"), ("get", "rayclusters.ray.io")]:
         assert not can_i(world, verb, what, "-A"), (verb, what)
     assert not can_i(world, "bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin")
     # The API server would refuse a binding to a role the operator may not bind.
@@ -602,8 +646,3 @@ def test_operator_has_no_write_it_does_not_use(world: World, history: dict):
                   "subjects": [{"kind": "ServiceAccount", "name": "history-server", "namespace": SYSTEM_NS}]}
     result = world.k8s.kubectl_result("create", "-f", "-", stdin=yaml.safe_dump(escalation), user="rayhistory-operator")
     assert result.returncode != 0 and "forbidden" in result.stderr.lower(), result.stderr
-
-
-def test_metrics_count_what_the_operator_did(world: World, history: dict):
-    samples = world.operator.metrics()  # since the last restart: the crash test's deletion at least
-    assert samples['rayhistory_operator_clusters_recorded_total{reason="flushed"}'] >= 1
