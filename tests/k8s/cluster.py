@@ -26,6 +26,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -78,6 +79,12 @@ class Tools:
     ray_operator: Path
     kuberay_crds: Path
     etcd: Path
+
+
+def kubectl_path() -> str | None:
+    """The kubectl built by `make k8s-tools`, else one on PATH (not every machine has one)."""
+    built = TOOLS / f"k8s-{k8s_version()}" / "kubectl"
+    return str(built) if os.access(built, os.X_OK) else shutil.which("kubectl")
 
 
 def etcd_binary() -> Path:

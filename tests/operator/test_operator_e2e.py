@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -36,11 +35,13 @@ from rayhistory.operator.main import Settings, build_kopf_settings, build_regist
 from rayhistory.store import Store
 from tests.conftest import free_port
 from tests.backends import S3_KEY, S3_SECRET, RunningBackend, moto_s3
+from tests.k8s.cluster import kubectl_path
 from tests.kube_api import KubeAPI, running_kube_api, write_kubeconfig
 
+KUBECTL = kubectl_path()  # the one built in .tools first: not every machine has kubectl
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (Debian image package)"),
+    pytest.mark.skipif(KUBECTL is None, reason="no kubectl: `make k8s-tools` builds one"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +85,7 @@ class Env:
         self.custom = kubernetes.client.CustomObjectsApi(client)
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        result = subprocess.run(["kubectl", "--kubeconfig", self.kubeconfig, "--cache-dir", self.cache, *args],
+        result = subprocess.run([KUBECTL, "--kubeconfig", self.kubeconfig, "--cache-dir", self.cache, *args],
                                 input=stdin, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
         return result.stdout
@@ -108,7 +109,7 @@ class Env:
 
 
 def render(base: str) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(ROOT / base)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([KUBECTL, "kustomize", str(ROOT / base)], capture_output=True, text=True, check=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
