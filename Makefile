@@ -11,7 +11,7 @@ AZURITE := $(TOOLS)/node_modules/.bin/azurite-blob
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-slow bench bench-server bench-collector clean dashboard demo
+.PHONY: k8s-tools test-k8s setup test test-fast test-slow bench bench-server bench-collector clean dashboard demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ $(CHROMIUM):
 	  echo "chromium missing: run 'sudo apt-get install chromium' for the browser tests"; \
 	fi
 
-setup: $(STAMP) $(AZURITE) $(CHROMIUM)
+## The real Kubernetes control plane for `pytest -m k8s`: kube-apiserver, kube-controller-manager, kubectl
+## and the KubeRay operator, built from Go modules into .tools/k8s-<version>/ and .tools/kuberay-<version>/
+## when missing (tests/k8s/build.sh; the first build takes long, see README).
+k8s-tools:
+	bash tests/k8s/build.sh
+
+setup: $(STAMP) $(AZURITE) $(CHROMIUM) k8s-tools
 
 ## The whole suite, slow end-to-end tests included (what CI runs).
 test: setup
@@ -42,6 +48,10 @@ test-fast: setup
 ## Only the slow end-to-end tests (real Ray cluster, browser).
 test-slow: setup
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+## Only the tests against the real Kubernetes control plane and KubeRay.
+test-k8s: setup
+	$(BIN)/pytest -m k8s $(PYTEST_ARGS)
 
 ## Benchmarks: print figures and write them to bench-results/.
 bench: $(STAMP)

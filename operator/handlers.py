@@ -99,21 +99,30 @@ class Handlers:
     # ---- RayCluster -----------------------------------------------------------------------------
 
     async def inject(self, body: kopf.Body, patch: kopf.Patch, warnings: list[str], histories: kopf.Index,
-                     **_: Any) -> None:
+                     operation: str | None = None, **_: Any) -> None:
         try:
-            self._inject(dict(body), patch, warnings, histories)
-        except Exception as exc:  # noqa: BLE001 - whatever the input, the RayCluster is created unchanged
+            self._inject(dict(body), patch, warnings, histories, operation)
+        except Exception as exc:  # noqa: BLE001 - whatever the input, the RayCluster is admitted unchanged
             patch.clear()
             self.metrics.admissions.labels("skipped").inc()
             warnings.append(f"rayhistory: collector not injected ({type(exc).__name__})")
             log.warning("injection failed", extra={"error": f"{type(exc).__name__}: {exc}"})
 
-    def _inject(self, body: dict[str, Any], patch: kopf.Patch, warnings: list[str], histories: kopf.Index) -> None:
+    def _inject(self, body: dict[str, Any], patch: kopf.Patch, warnings: list[str], histories: kopf.Index,
+                operation: str | None) -> None:
         meta = body.get("metadata") or {}
         watched = self.settings.watched_namespaces()
         if watched and meta.get("namespace") not in watched:
             return  # its deletion would never be seen, so its finalizer would never be released
         known = [value for key in histories for value in histories[key]]
+        if operation == "UPDATE":
+            changes, note = injection.update_patch(body, known)
+            if changes is not None:
+                self.metrics.admissions.labels("reinjected").inc()
+                patch.spec.update(changes["spec"])
+            elif note.startswith("rayhistory:"):
+                warnings.append(note)
+            return
         changes, note = injection.admission_patch(body, known)
         if changes is None:
             if note.startswith("rayhistory:"):
@@ -183,7 +192,7 @@ class Handlers:
         kopf.on.resume(*HISTORY, id="reconcile", registry=registry)(self.reconcile)
         kopf.on.delete(*HISTORY, id="cleanup", registry=registry)(self.remove_history)
         kopf.timer(*HISTORY, id="retention", interval=s.retention_interval, registry=registry)(self.apply_retention)
-        kopf.on.mutate(*RAYCLUSTER, id="inject", operations=["CREATE"], ignore_failures=True,
+        kopf.on.mutate(*RAYCLUSTER, id="inject", operations=["CREATE", "UPDATE"], ignore_failures=True,
                        registry=registry)(self.inject)
         kopf.on.delete(*RAYCLUSTER, id="record", annotations={config.HISTORY_ANNOTATION: kopf.PRESENT},
                        registry=registry)(self.record_on_delete)

@@ -14,7 +14,7 @@ class OperatorMetrics:
         self.reconciles = Counter("rayhistory_operator_reconciles", "RayHistory reconciles, by result",
                                   ["result"], registry=r)
         self.admissions = Counter("rayhistory_operator_admissions", "RayCluster admissions, by result "
-                                  "(injected, unchanged, skipped with a warning)", ["result"], registry=r)
+                                  "(injected, unchanged, skipped with a warning; reinjected on an update)", ["result"], registry=r)
         self.flush_waits = Counter("rayhistory_operator_flush_waits",
                                    "finalizer checks that found a collector's final flush still pending", registry=r)
         self.clusters_recorded = Counter("rayhistory_operator_clusters_recorded",

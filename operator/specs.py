@@ -314,9 +314,13 @@ def _inject_pod_template(
     # Reuse the volume the Ray container already has at /tmp/ray, else share a new emptyDir.
     volume = next((m.get("name") for m in mounts if m.get("mountPath", "").rstrip("/") == config.RAY_TEMP_ROOT), None)
     if volume is None:
-        taken = {v.get("name") for v in volumes if isinstance(v, dict)}
-        volume = config.RAY_TEMP_VOLUME if config.RAY_TEMP_VOLUME not in taken else config.RAY_TEMP_VOLUME_FALLBACK
-        volumes.append({"name": volume, "emptyDir": {}})
+        # An emptyDir of ours (or KubeRay's) that lost its mount is reused: `kubectl apply` of the user's
+        # manifest replaces the containers (and their mounts) but keeps the volumes we added.
+        by_name = {v.get("name"): v for v in volumes if isinstance(v, dict)}
+        volume = next(n for n in (config.RAY_TEMP_VOLUME, config.RAY_TEMP_VOLUME_FALLBACK)
+                      if n not in by_name or set(by_name[n]) == {"name", "emptyDir"})
+        if volume not in by_name:
+            volumes.append({"name": volume, "emptyDir": {}})
         mounts.append({"name": volume, "mountPath": config.RAY_TEMP_ROOT})
     if not any(isinstance(v, dict) and v.get("name") == config.SPOOL_VOLUME for v in volumes):
         volumes.append({"name": config.SPOOL_VOLUME, "emptyDir": {}})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,11 +11,12 @@ import pytest
 import yaml
 
 from rayhistory.operator.history import HistorySpec
+from tests.k8s.cluster import kubectl_path
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "rayhistory.yaml"
 BASES = ["crds", "deploy/operator", "deploy/operator-selfsigned", "deploy/examples"]
-KUBECTL = shutil.which("kubectl")
+KUBECTL = kubectl_path()
 
 
 def crd_schema(part: str | None = None) -> dict:
@@ -92,14 +92,14 @@ def test_example_raycluster_is_a_kuberay_raycluster():
     assert all(w["template"]["spec"]["containers"] for w in cluster["spec"]["workerGroupSpecs"])
 
 
-@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (Debian image package 'kubectl')")
+@pytest.mark.skipif(KUBECTL is None, reason="no kubectl: `make k8s-tools` builds one")
 @pytest.mark.parametrize("base", BASES)
 def test_kustomize_renders(base):
     docs = render(base)
     assert docs and all(d.get("kind") and d.get("metadata", {}).get("name") for d in docs)
 
 
-@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (Debian image package 'kubectl')")
+@pytest.mark.skipif(KUBECTL is None, reason="no kubectl: `make k8s-tools` builds one")
 def test_operator_bases_wire_up():
     docs = {(d["kind"], d["metadata"]["name"]): d for d in render("deploy/operator")}
     deployment = docs[("Deployment", "rayhistory-operator")]

@@ -11,7 +11,7 @@ import yaml
 
 from rayhistory.operator import config, specs
 from rayhistory.operator.history import HistorySpec, duration_seconds, parse_spec
-from rayhistory.operator.injection import admission_patch
+from rayhistory.operator.injection import admission_patch, update_patch
 from tests.kube_api import merge_patch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,6 +206,44 @@ def test_one_history_per_cluster_first_by_name():
     assert note == "collector injected by rh/a-first"
 
 
+def injected_cluster() -> dict:
+    cluster = example_cluster()
+    patch = admission_patch(cluster, [history()])[0]
+    return merge_patch(cluster, patch)
+
+
+def test_an_update_that_drops_the_collector_gets_it_back():
+    """`kubectl apply` of the user's manifest sends the pod templates without our container."""
+    injected = injected_cluster()
+    assert update_patch(injected, [history()]) == (None, "still injected")
+    # What a client-side apply of the manifest leaves: the user's containers, our volumes kept.
+    reapplied = copy.deepcopy(injected)
+    original = example_cluster()["spec"]
+    reapplied["spec"]["headGroupSpec"]["template"]["spec"]["containers"] = \
+        original["headGroupSpec"]["template"]["spec"]["containers"]
+    reapplied["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"] = \
+        original["workerGroupSpecs"][0]["template"]["spec"]["containers"]
+    reapplied["spec"]["workerGroupSpecs"][0]["replicas"] = 3  # the user's own change stays
+    patch, note = update_patch(reapplied, [history()])
+    assert note == "collector re-injected by rh/history"
+    assert set(patch) == {"spec"}  # never the finalizers: removing ours by hand must keep working
+    fixed = merge_patch(reapplied, patch)
+    assert fixed["spec"]["workerGroupSpecs"][0]["replicas"] == 3
+    fixed["spec"]["workerGroupSpecs"][0]["replicas"] = 2
+    assert fixed["spec"] == injected["spec"]
+
+
+def test_updates_leave_deleted_foreign_and_orphaned_clusters_alone():
+    stripped = injected_cluster()
+    stripped["spec"] = example_cluster()["spec"]
+    deleting = copy.deepcopy(stripped)
+    deleting["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    assert update_patch(deleting, [history()]) == (None, "being deleted")
+    assert update_patch(example_cluster(), [history()]) == (None, "not injected at creation")
+    patch, note = update_patch(stripped, [history(name="other")])
+    assert patch is None and note == "rayhistory: RayHistory rh/history is gone: collector not re-injected"
+
+
 def test_owner_from_kuberay_labels():
     cluster = example_cluster()
     cluster["metadata"]["labels"] = {"ray.io/originated-from-crd": "RayService", "ray.io/originated-from-cr-name": "svc"}
@@ -240,3 +278,15 @@ def test_collector_env_and_server_args_are_what_those_parts_read():
     settings = settings_from_args(ServerSettings, build_parser("server").parse_args(args))
     assert (settings.port, settings.internal_port) == (config.SERVER_PORT, config.SERVER_INTERNAL_PORT)
     assert (settings.cache_max_sessions, settings.cache_max_bytes, settings.load_timeout) == (9, 123456789, 33)
+
+
+def test_a_foreign_ray_logs_volume_is_not_reused():
+    cluster = example_cluster()
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    head["volumes"] = [{"name": config.RAY_TEMP_VOLUME, "hostPath": {"path": "/var/log/ray"}}]
+    patch, _ = admission_patch(cluster, [history()])
+    pod = patch["spec"]["headGroupSpec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[config.RAY_TEMP_ROOT] == config.RAY_TEMP_VOLUME_FALLBACK
+    assert {v["name"]: v for v in pod["volumes"]}[config.RAY_TEMP_VOLUME_FALLBACK] == {
+        "name": config.RAY_TEMP_VOLUME_FALLBACK, "emptyDir": {}}
