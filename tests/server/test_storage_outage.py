@@ -24,8 +24,10 @@ async def test_a_hanging_store_answers_503_and_shows_in_metrics_and_healthz():
     with hanging_s3() as s3:
         store = Store("s3://history/store", s3.s3_options(), timeout_s=0.5)
         async with running_server(store, index_refresh_interval=3600) as (client, internal, _state):
+            # (already degraded, maybe: the server's first index refresh hangs from its start on; a busy
+            # machine answers this after the 0.5 s timeout. "ok" is test_healthz_is_ok_with_healthy_storage's)
             health = await (await internal.get("/healthz")).json()
-            assert health["status"] == "ok" and health["storage"]["timeout_s"] == 0.5
+            assert health["storage"]["timeout_s"] == 0.5
             for path in ("/clusters", f"/s/ray/demo/{SESSION_NAME}/api/v0/tasks?detail=1",
                          f"/s/ray/demo/{SESSION_NAME}/", f"/s/ray/demo/{SESSION_NAME}/api/jobs/"):
                 started = time.monotonic()
