@@ -74,6 +74,23 @@ def completeness(entry: CacheEntry) -> dict[str, Any]:
     }
 
 
+def index_fields(info: SessionInfo, stale_after_ms: int, now_ms: int | None = None) -> dict[str, Any]:
+    """What the index says of a session, for the banner and the picker. `stale`: live, but nothing was
+    written for `stale_after_ms` (0: never stale) - a recording that stopped without a mark-dead."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return {
+        "owner_kind": info.owner_kind, "owner_name": info.owner_name, "start_ms": info.start_ms,
+        "end_ms": info.end_ms, "state": info.state, "dead_reason": info.dead_reason,
+        "last_update_ms": info.last_update_ms, "nodes": len(info.node_ids),
+        "stale": is_stale(info, stale_after_ms, now_ms),
+    }
+
+
+def is_stale(info: SessionInfo, stale_after_ms: int, now_ms: int) -> bool:
+    return bool(stale_after_ms) and info.state == "live" and bool(info.last_update_ms) \
+        and now_ms - info.last_update_ms > stale_after_ms
+
+
 def completeness_headers(entry: CacheEntry) -> dict[str, str]:
     c = completeness(entry)
     return {
@@ -297,6 +314,9 @@ class Routes:
                 raise web.HTTPNotFound(text=str(task.exception()))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             entry = self.state.cache.peek(ref)
+        info = await self.session_info(ref)
+        if info is not None:  # the index's view, for the banner (owner, times, state, staleness)
+            body["index"] = index_fields(info, self.stale_after_ms())
         progress = loader.progress(ref)
         body["load_state"] = loader.state(ref)
         body["ready"] = entry is not None
@@ -316,6 +336,14 @@ class Routes:
             body["objects_corrupt_keys"] = [[p.key, p.reason] for p in entry.snapshot.objects_corrupt[:100]]
             return json_response(body, headers=completeness_headers(entry))
         return json_response(body)
+
+    async def session_info(self, ref: SessionRef) -> SessionInfo | None:
+        key = (ref.namespace, ref.cluster, ref.session)
+        found = next((s for s in self.state.directory.sessions if (s.namespace, s.cluster, s.session) == key), None)
+        return found if found is not None else await self.state.index.session(ref)
+
+    def stale_after_ms(self) -> int:
+        return int(getattr(self.state.settings, "stale_after_s", 0) * 1000)
 
     # -- the session list --
 

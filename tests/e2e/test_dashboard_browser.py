@@ -227,3 +227,43 @@ async def test_picker_pages_through_every_session_and_searches_them_all(browser,
             await page.wait_for_function("document.querySelectorAll('tr.session').length === 1")
             assert await rows.first.get_attribute("data-session") == refs[0].session
             assert await page.locator("#count").inner_text() == "1 of 450 sessions"
+
+
+async def test_banner_says_which_session_it_is_and_offers_its_nodes_logs(history_server, browser):
+    """The context banner: namespace, cluster, session, times, dead and complete, the way back, the shareable
+    URL, a per-session title; the dead session's nodes' logs from the banner (Ray's Logs tab lists only ALIVE
+    nodes); a 404 page with a way back."""
+    base, ref, other = history_server
+    page = await browser.new_page()
+    async with screenshot_on_failure(page, "banner"):
+        await page.goto(session_url(base, ref) + "#/jobs")
+        banner = page.locator("#rayhistory-banner")
+        await banner.get_by_text("dead").first.wait_for()
+        await banner.get_by_text("complete").first.wait_for()
+        text = await banner.inner_text()
+        for expected in ("ray", "demo", ref.session, "started", "ended", "Ray History"):
+            assert expected in text, (expected, text)
+        await page.wait_for_function(f"document.title.startsWith('Jobs') && document.title.endsWith('{ref.session}')")
+        assert await banner.locator("a[data-rh=url]").get_attribute("href") == session_url(base, ref)
+        await shot(page, "11-banner-jobs")
+
+        # the Logs tab: Ray lists no dead node; the banner's node links open the node's files
+        await page.goto(session_url(base, ref) + "#/logs")
+        node_link = banner.locator(f"a[data-node-id='{HEAD_NODE_ID}']")
+        await node_link.wait_for()
+        assert "(head)" in await node_link.inner_text()
+        await node_link.click()
+        await page.get_by_role("link", name="raylet.out").wait_for()
+        await shot(page, "12-banner-node-logs")
+
+        # back to the picker
+        await banner.get_by_role("link", name="Ray History").click()
+        await page.wait_for_url(base)
+        await page.locator("tr.session").first.wait_for()
+
+        # a session that does not exist: a page in the picker's style, with the way back
+        await page.goto(f"{base}s/ray/nowhere/{ref.session}/")
+        await page.get_by_text("404").first.wait_for()
+        await shot(page, "13-not-found")
+        await page.get_by_role("link", name="Back to all sessions").click()
+        await page.wait_for_url(base)

@@ -112,6 +112,10 @@ async def test_status_reports_progress_and_completeness(store):
     assert body["progress"]["events"] == 440 and body["progress"]["phase"] == "done"
     assert body["tasks"] > 0 and body["snapshot_key"]
     assert resp.headers["X-Rayhistory-Complete"] == "true"
+    # what the index says, for the session's banner
+    index = body["index"]
+    assert index["state"] == "dead" and index["start_ms"] > 0 and index["end_ms"] >= index["start_ms"]
+    assert index["nodes"] >= 1 and index["stale"] is False
 
 
 async def test_a_corrupt_object_marks_responses_incomplete_not_failed(store):
