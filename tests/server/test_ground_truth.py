@@ -114,9 +114,12 @@ ALLOWED: list[Allowed] = [
     Allowed(r"^/api/data/datasets/", "", "the live head had no pandas (503); Ray Data metrics are not recorded, "
                                          "we answer an empty dataset list"),
     Allowed(r"^/api/cluster_status$", "/*", "the collector stores the ?format=1 answer only; we serve it for both"),
-    Allowed(r"^/api/grafana_health", "/data/exception", "the live error text names the head's local Grafana port"),
-    Allowed(r"^/api/prometheus_health", "/data/reason", "the live error text names the head's local Prometheus port"),
-    Allowed(r"^/api/serve/applications/", "", "Serve was not installed on the capture head; we say it did not run"),
+    Allowed(r"^/api/grafana_health", "", "we answer Ray's 'Grafana disabled' (200): metrics are not kept"),
+    Allowed(r"^/api/grafana_health", "/*", "we answer Ray's 'Grafana disabled' (200): metrics are not kept"),
+    Allowed(r"^/api/prometheus_health", "", "200 with result false: the UI's 'no Prometheus', no failed request"),
+    Allowed(r"^/api/prometheus_health", "/*", "200 with result false: the UI's 'no Prometheus', no failed request"),
+    Allowed(r"^/api/serve/applications/", "", "Serve was not installed on the capture head; we answer Ray's "
+                                               "'no Serve instance' (200) so the UI says Serve is not running"),
     Allowed(r"^/api/v0/logs/file", "", "log lookups that fail: Ray answers 500, we answer 404 (same message)"),
 ]
 
