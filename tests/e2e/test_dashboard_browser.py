@@ -267,3 +267,34 @@ async def test_banner_says_which_session_it_is_and_offers_its_nodes_logs(history
         await shot(page, "13-not-found")
         await page.get_by_role("link", name="Back to all sessions").click()
         await page.wait_for_url(base)
+
+
+async def test_serve_metrics_cluster_and_node_pages_show_no_errors_nan_or_invalid_dates(history_server, browser):
+    """Serve says "not started" and metrics "not configured" without a failed request or an error popup;
+    the Cluster and node pages show what the node definitions know, no NaN / Invalid Date."""
+    base, ref, other = history_server
+    page = await browser.new_page()
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    async with screenshot_on_failure(page, "no-errors"):
+        await page.goto(session_url(base, ref) + "#/serve")
+        await page.get_by_text("Serve not started").first.wait_for()
+        assert not await page.get_by_text("AxiosError").count()
+        await shot(page, "14-serve-not-running")
+        await page.goto(session_url(base, ref) + "#/overview")
+        await page.get_by_text("Cluster status and autoscaler").first.wait_for()
+        await shot(page, "15-overview-no-metrics")
+        await page.goto(session_url(base, ref) + "#/cluster")
+        await page.locator("tr", has_text="127.0.0.1").first.wait_for()
+        await page.wait_for_load_state("networkidle")
+        body = await page.locator("body").inner_text()
+        await shot(page, "16-cluster-nodes")
+        bad = [w for w in ("NaN", "Invalid Date", "0/ 0") if w in body]
+        await page.goto(session_url(base, ref) + f"#/cluster/nodes/{HEAD_NODE_ID}")
+        await page.get_by_text(HEAD_NODE_ID).first.wait_for()
+        await page.wait_for_load_state("networkidle")
+        node_body = await page.locator("body").inner_text()
+        await shot(page, "17-node-page")
+        bad += [f"node page: {w}" for w in ("NaN", "Invalid Date", "0/ 0") if w in node_body]
+        assert bad == [], bad
+    assert [f for f in failed if "serve" in f or "grafana" in f or "prometheus" in f] == []

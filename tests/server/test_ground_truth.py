@@ -72,7 +72,7 @@ _NODE_PROCESS_KEYS = ("now", "cpu", "cpus", "mem", "hostMem", "cgroupMem", "shm"
                       "disk", "diskIo", "diskIoSpeed", "gpus", "tpus", "network", "networkSpeed", "cmdline", "gcs")
 _RAYLET_LIVE_KEYS = ("nodeManagerPort", "objectManagerPort", "metricsExportPort", "metricsAgentPort",
                      "dashboardAgentListenPort", "runtimeEnvAgentPort", "rayletSocketName", "objectStoreSocketName",
-                     "tempDir", "sessionDir", "storeStats", "objectStoreUsedMemory", "objectStoreAvailableMemory",
+                     "tempDir", "sessionDir", "storeStats", "objectStoreAvailableMemory",
                      "stateSnapshot", "nodeTypeName")
 _ACTOR_VIEWS = r"^/(logical/actors|nodes/)"
 ALLOWED: list[Allowed] = [
@@ -80,6 +80,8 @@ ALLOWED: list[Allowed] = [
       for glob in (f"/data/summary/*/{key}*", f"/data/detail/{key}*")],
     *[Allowed(r"^/nodes", f"/data/*/raylet/{key}", "the raylet's ports, sockets, object store and idle state at "
               "capture: read from the running raylet, in no event") for key in _RAYLET_LIVE_KEYS],
+    # objectStoreUsedMemory: we answer 0 (nothing is stored once the session is over); the idle capture head's
+    # store was empty too, so it matches. objectStoreAvailableMemory: we answer the store's whole size.
     Allowed(r"^/nodes", "*/raylet/coreWorkersStats*", "processes alive at capture (the raylet's process table); we "
             "list the workers and drivers the events leave alive, e.g. drivers 04-06000000 started by the capture"),
     Allowed(r"^/nodes", "*/raylet/numWorkers", "the same processes, counted"),
