@@ -26,6 +26,8 @@ import json
 import logging
 import math
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -208,12 +210,60 @@ def filter_sessions(sessions: list[SessionInfo], query) -> tuple[list[SessionInf
     return page, (encode_cursor(page[-1]) if more and page else None), len(matching)
 
 
+# ---- answers of dead sessions, cached ----------------------------------------------------------------
+
+CACHE_HEADER = "X-Rayhistory-Answer-Cache"
+
+
+class AnswerCache:
+    """Rendered answers of dead sessions, per (loaded snapshot, path, query). A dead session's snapshot never
+    changes, and the UI's auto-refresh (on by default, on every page, not switchable from outside) asks the
+    same questions every few seconds: those become a dict lookup. Bounded by count and bytes (LRU); an entry
+    holds its snapshot only weakly, so an evicted session's answers die with it."""
+
+    def __init__(self, max_entries: int = 4096, max_bytes: int = 64 << 20, max_answer_bytes: int = 4 << 20):
+        self.max_entries, self.max_bytes, self.max_answer_bytes = max_entries, max_bytes, max_answer_bytes
+        self._answers: OrderedDict[tuple, tuple] = OrderedDict()
+        self.nbytes = 0
+
+    @staticmethod
+    def key(entry: CacheEntry, pattern: str, query) -> tuple:
+        return (id(entry), pattern, tuple(sorted(query.items())))
+
+    def get(self, key: tuple, entry: CacheEntry) -> tuple | None:
+        hit = self._answers.get(key)
+        if hit is None:
+            return None
+        if hit[0]() is not entry:  # another entry now lives at that id: the old one is gone
+            self._drop(key)
+            return None
+        self._answers.move_to_end(key)
+        return hit[1:]
+
+    def put(self, key: tuple, entry: CacheEntry, response: web.Response) -> None:
+        body = response.body
+        if not isinstance(body, bytes) or len(body) > self.max_answer_bytes:
+            return
+        if key in self._answers:
+            self._drop(key)
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")}
+        self._answers[key] = (weakref.ref(entry), response.status, body, response.content_type, response.charset,
+                              headers)
+        self.nbytes += len(body)
+        while len(self._answers) > self.max_entries or self.nbytes > self.max_bytes:
+            self._drop(next(iter(self._answers)))
+
+    def _drop(self, key: tuple) -> None:
+        self.nbytes -= len(self._answers.pop(key)[2])
+
+
 # ---- handlers ------------------------------------------------------------------------------------
 
 
 class Routes:
     def __init__(self, state: ServerState):
         self.state = state
+        self.answers = AnswerCache()
 
     # -- sessions --
 
@@ -245,6 +295,13 @@ class Routes:
             params = {k: v for k, v in request.match_info.items() if k not in ("namespace", "cluster", "session")}
             query = request.query.copy()
             query.extend(params)
+            # answers with per-request headers (a download's dated file name) are rendered each time
+            cache_key = None if entry.live or extra_headers else AnswerCache.key(entry, pattern, query)
+            hit = self.answers.get(cache_key, entry) if cache_key is not None else None
+            if hit is not None:
+                status, body, content_type, charset, headers = hit
+                return web.Response(body=body, status=status, content_type=content_type, charset=charset,
+                                    headers={**headers, CACHE_HEADER: "hit"})
             try:
                 # in a worker thread: a 10,000-row answer takes a while, and the event loop keeps
                 # serving other requests meanwhile (snapshots are immutable, handlers pure)
@@ -255,6 +312,8 @@ class Routes:
                 response = await asyncio.to_thread(body_response, status, body, headers)
             except api.ApiError as exc:
                 return json_response(exc.body(), status=exc.status, headers=completeness_headers(entry))
+            if cache_key is not None:
+                self.answers.put(cache_key, entry, response)
             return response
 
         return handle

@@ -393,3 +393,35 @@ async def test_a_plain_get_of_a_session_page_starts_its_load(store):
         assert (await client.get(f"/s/{ref.tail}/")).status == 200
         unknown = await client.get(f"/s/ray/demo/{numbered_ref(9).session}/")
         assert unknown.status == 404 and state.loader.state(numbered_ref(9)) == "not_loaded"
+
+
+async def test_a_dead_sessions_answers_are_cached_per_snapshot_for_the_uis_auto_refresh(store):
+    """The UI refreshes every page every few seconds: a dead session answers a repeated question from cache."""
+    ref = await write_fixture_session(store)
+    async with running_server(store) as (client, _, state):
+        first = await client.get(url(ref, TASKS))
+        body = await first.read()
+        assert first.status == 200 and "X-Rayhistory-Answer-Cache" not in first.headers
+        again = await client.get(url(ref, TASKS))
+        assert again.headers["X-Rayhistory-Answer-Cache"] == "hit"
+        assert await again.read() == body and again.content_type == first.content_type
+        assert again.headers["X-Rayhistory-Complete"] == "true"
+        # another question, or the same with other parameters, is answered afresh
+        other = await client.get(url(ref, "api/v0/tasks?detail=1&limit=1"))
+        assert "X-Rayhistory-Answer-Cache" not in other.headers and await other.read() != body
+
+
+def test_answer_cache_is_bounded_and_never_serves_another_snapshots_answer():
+    from aiohttp import web as _web
+
+    from rayhistory.server.routes import AnswerCache
+    from rayhistory.server.cache import CacheEntry
+
+    cache = AnswerCache(max_entries=2, max_bytes=10)
+    a, b = CacheEntry(None, False, {}, 0), CacheEntry(None, False, {}, 0)
+    cache.put(("a",), a, _web.Response(body=b"12345"))
+    assert cache.get(("a",), a)[1] == b"12345"
+    assert cache.get(("a",), b) is None  # the key's entry is another one: dropped, not served
+    cache.put(("a",), a, _web.Response(body=b"12345"))
+    cache.put(("b",), b, _web.Response(body=b"123456"))  # 11 bytes > 10: the oldest goes
+    assert cache.get(("a",), a) is None and cache.get(("b",), b) is not None and cache.nbytes == 6
