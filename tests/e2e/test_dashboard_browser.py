@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -157,11 +158,18 @@ async def test_two_tabs_show_two_sessions_at_once(history_server, browser):
 
 @pytest.fixture
 async def demo_session_server(tmp_path):
-    """What `make demo` records (a real Ray 2.60 head, the collector, the sample workload), served like the demo."""
+    """What `make demo` records (a real Ray 2.60 head, the collector, the sample workload), served like the demo.
+
+    Run as a user who once ran a local `ray.init()` (~/.ray/auth_token exists) and exports RAY_AUTH_MODE=token:
+    the demo's Ray has its own explicit auth setup, so neither breaks it."""
     workdir = tmp_path / "demo"
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a-token-of-the-users-own")
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(REPO / "scripts" / "demo.py"), "--workdir", str(workdir), "--no-serve",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )
     try:
         output, _ = await asyncio.wait_for(proc.communicate(), 240)
@@ -298,3 +306,42 @@ async def test_serve_metrics_cluster_and_node_pages_show_no_errors_nan_or_invali
         bad += [f"node page: {w}" for w in ("NaN", "Invalid Date", "0/ 0") if w in node_body]
         assert bad == [], bad
     assert [f for f in failed if "serve" in f or "grafana" in f or "prometheus" in f] == []
+
+
+async def test_picker_groups_by_cluster_keeps_filters_in_the_url_and_shows_failures_and_stale(browser, tmp_path):
+    store_url = f"file://{tmp_path / 'store'}"
+    store = Store(store_url)
+    ref = await write_fixture_session(store, fixture_ref("ray", "demo"))
+    await write_fixture_session(store, fixture_ref("ray", "other-cluster"))
+    stuck = await write_fixture_session(store, fixture_ref("team-b", "stuck"), dead=False)  # last write: long ago
+    async with running_server(store_url) as base:
+        page = await browser.new_page()
+        async with screenshot_on_failure(page, "picker-groups"):
+            # a loaded session lists its failures
+            await page.goto(session_url(base, ref) + "#/overview")
+            await page.get_by_text("Cluster status and autoscaler").first.wait_for()
+            await page.goto(base)
+            await page.wait_for_function("document.querySelectorAll('tr.session').length === 3")
+            groups = await page.locator("tr.group").evaluate_all("rows => rows.map(r => r.dataset.cluster)")
+            assert sorted(groups) == ["ray/demo", "ray/other-cluster", "team-b/stuck"]
+            demo_row = page.locator("tr.session", has_text="demo").first
+            assert "1 job" in await demo_row.inner_text() and "task" in await demo_row.inner_text()
+            stuck_row = page.locator("tr.session", has_text="stuck").first
+            assert "stale" in await stuck_row.locator(".badge.stale").inner_text()
+            await shot(page, "18-picker-groups")
+            # filters go into the URL; the URL brings them back
+            await page.fill("#search", "other")
+            await page.select_option("#state", "dead")
+            await page.wait_for_function("document.querySelectorAll('tr.session').length === 1")
+            assert "q=other" in page.url and "state=dead" in page.url
+            shared = page.url
+            other_page = await browser.new_page()
+            await other_page.goto(shared)
+            await other_page.wait_for_function("document.querySelectorAll('tr.session').length === 1")
+            assert await other_page.input_value("#search") == "other"
+            assert await other_page.input_value("#state") == "dead"
+            await shot(other_page, "19-picker-filter-in-url")
+            # the stuck session's banner says it is stale
+            await page.goto(session_url(base, stuck) + "#/jobs")
+            await page.locator("#rayhistory-banner .rh-badge.stale").wait_for()
+            await shot(page, "20-banner-stale")

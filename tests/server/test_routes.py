@@ -425,3 +425,34 @@ def test_answer_cache_is_bounded_and_never_serves_another_snapshots_answer():
     cache.put(("a",), a, _web.Response(body=b"12345"))
     cache.put(("b",), b, _web.Response(body=b"123456"))  # 11 bytes > 10: the oldest goes
     assert cache.get(("a",), a) is None and cache.get(("b",), b) is not None and cache.nbytes == 6
+
+
+async def test_a_live_session_with_no_write_for_stale_after_is_stale_in_the_list_and_status(store):
+    """Without Kubernetes nothing ends a recording that failed half-way: after --stale-after seconds with no
+    write it shows as stale (mark-dead ends it); a session written recently does not."""
+    from tests.server.fixture_store import write_index
+
+    old = await write_fixture_session(store, dead=False)  # written on 2026-11-23
+    fresh = layout.SessionRef("ray", "fresh", old.session)
+    await write_index(store, fresh, IndexKind.LIVE, layout.now_ms())
+    async with running_server(store, stale_after=600) as (client, _, _state):
+        rows = {r["cluster"]: r for r in (await (await client.get("/clusters")).json())["sessions"]}
+        assert rows[old.cluster]["stale"] is True and rows[old.cluster]["state"] == "live"
+        assert rows[old.cluster]["last_write_ms"] < layout.now_ms() - 600_000
+        assert rows["fresh"]["stale"] is False
+        status = await (await client.get(url(old, "rayhistory/status"))).json()
+        assert status["index"]["stale"] is True
+    async with running_server(store, stale_after=0) as (client, _, _state):
+        rows = (await (await client.get("/clusters")).json())["sessions"]
+        assert not any(r["stale"] for r in rows)
+
+
+async def test_loaded_sessions_list_their_failed_tasks_and_jobs(store):
+    ref = await write_fixture_session(store)
+    async with running_server(store) as (client, _, _state):
+        row = (await (await client.get("/clusters")).json())["sessions"][0]
+        assert row["failed_tasks"] is None and row["failed_jobs"] is None  # not loaded: counting would load it
+        await client.get(url(ref, TASKS))
+        row = (await (await client.get("/clusters")).json())["sessions"][0]
+    # the fixture's failed task (boom) and its failed submission job
+    assert row["load_state"] == "loaded" and row["failed_tasks"] >= 1 and row["failed_jobs"] == 1
