@@ -35,7 +35,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psutil
 
 VENV_BIN = Path(sys.executable).parent
 RAY = VENV_BIN / "ray"
@@ -97,6 +100,7 @@ class RayCluster:
         """This cluster's processes: those whose command line names one of its session folders or its GCS
         address, and their descendants (workers rename themselves to `ray::IDLE` and the like). Not the
         temp dir alone: a collector watching this cluster names it too, and is not Ray's to stop."""
+        import psutil  # with `ray` (which needs it): only where a Ray head is started, not in every install
         marks = (f"{self.temp_dir}/session_", self.gcs_address)
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
@@ -122,6 +126,7 @@ class RayCluster:
 
     def stop(self, grace_s: float = 15.0) -> None:
         """`ray stop` for this cluster only: SIGTERM to its processes, SIGKILL to what is left after grace_s."""
+        import psutil
         procs = self.processes()
         for proc in procs:
             try:
