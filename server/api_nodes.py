@@ -147,7 +147,8 @@ def node_detail(s: Snapshot, query: Query, node_id: str) -> tuple[int, dict]:
     # The node page indexes these without a guard (NodeDetail.tsx); nothing recorded them, so they are empty.
     # cpus (the host's logical/physical core counts, not Ray's CPU resource) is guarded: left out, the page
     # omits the line rather than saying "0/ 0".
-    detail.update(loadAvg=[], networkSpeed=[0, 0], cmdline=[])
+    # cpu (percent in use) is read unguarded too: Number(undefined) draws a full bar; a dead node uses none.
+    detail.update(loadAvg=[], networkSpeed=[0, 0], cmdline=[], cpu=0)
     detail["workers"] = [{"pid": w["pid"], "coreWorkerStats": [_core_worker_stats(w)], "language": "PYTHON",
                           "jobId": w["job_id"]} for w in _alive_workers(s, node_id)]
     detail["actors"] = {a.actor_id: logical_actor(s, a) for a in s.actors if _latest(a.transitions, "node_id") == node_id}

@@ -219,6 +219,7 @@ def test_node_page_fields_the_ui_reads_unguarded():
     for key in ("loadAvg", "networkSpeed", "cmdline", "workers"):
         assert isinstance(detail[key], list), key
     assert "cpus" not in detail
+    assert detail["cpu"] == 0  # the CPU bar's percent (NaN draws it full)
     # the object store's size from the node's definition: the UI sums used + available (NaN without them)
     raylet = detail["raylet"]
     assert raylet["objectStoreUsedMemory"] == 0 and raylet["objectStoreAvailableMemory"] > 0
