@@ -3,8 +3,10 @@
     python scripts/demo.py [--workdir .demo] [--port 8080] [--serve-only] [--no-serve]
 
 1. starts `rayhistory collector` on 127.0.0.1, storing into file://WORKDIR/store;
-2. starts a real Ray head on 127.0.0.1 (free ports, a private temp root; tests/e2e/ray_cluster.py, the same
-   helper the end-to-end tests use) with Ray's event export pointed at the collector;
+2. starts a real Ray head on 127.0.0.1 (free ports, a private temp root, authentication explicitly off and
+   private to it, so ~/.ray/auth_token or RAY_AUTH_MODE=token in your environment change nothing;
+   rayhistory/raystart.py, the same starter the end-to-end tests use) with Ray's event export pointed at the
+   collector;
 3. runs the sample workload below as a Ray driver: tasks, nested tasks, a failing task, a killed actor, an
    actor whose constructor fails, and a job submitted through the Job Submission API;
 4. stops Ray, then the collector (SIGTERM: its final flush and log upload), and marks the session dead with
@@ -38,13 +40,13 @@ import ray
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the Ray head helper is shared with the end-to-end tests
+sys.path.insert(0, str(REPO))  # run from a checkout: the package is importable without installing
 
 from rayhistory.index import SessionIndex, mark_dead  # noqa: E402
 from rayhistory.layout import SessionRef  # noqa: E402
 from rayhistory.store import Store  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.e2e import ray_cluster  # noqa: E402
+from rayhistory import raystart  # noqa: E402
+from rayhistory.raystart import free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 NAMESPACE, CLUSTER = "local", "demo"
@@ -218,7 +220,7 @@ def record_session(workdir: Path, store_url: str) -> SessionRef:
         collector.wait_until(lambda: http_ok(f"http://127.0.0.1:{collector_port}/healthz"), timeout_s=60)
         say(f"collector listening on 127.0.0.1:{collector_port}, storing into {store_url}")
         say("starting a Ray head on 127.0.0.1 (about 10 s)")
-        cluster = ray_cluster.start(env=ray_cluster.event_export_env(collector_port), temp_dir=temp_root,
+        cluster = raystart.start(env=raystart.event_export_env(collector_port), temp_dir=temp_root,
                                     ports={"dashboard-port": dashboard_port})
         session = cluster.session_dir.name
         say(f"Ray session {session} is up; its live dashboard: {cluster.dashboard_url}")

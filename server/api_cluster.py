@@ -19,8 +19,10 @@ def serve_applications(s: Snapshot, query: Query) -> tuple[int, Body]:
     stored = s.endpoints.get("serve_applications")
     if stored is not None:
         return 200, stored
-    # what a head without Ray Serve answers; the UI shows its "Serve not running" state
-    return 501, "Serve was not running in this session."
+    # what a head with Ray Serve installed answers when no Serve instance runs (ServeInstanceDetails.
+    # get_empty_schema_dict): the UI shows its "Serve not running" notice, not an error (a head without Serve
+    # installed answers 501, which the UI shows as a raw AxiosError)
+    return 200, {"controller_info": {}, "proxies": {}, "applications": {}, "target_capacity": None}
 
 
 def datasets(s: Snapshot, query: Query, job_id: str) -> tuple[int, Body]:
@@ -75,12 +77,17 @@ def runtime_env_redaction(s: Snapshot, query: Query) -> tuple[int, dict]:
     return 200, _ok({"redactionEnabled": True})
 
 
+GRAFANA_DISABLED = "DISABLED"  # Ray's GRAFANA_HOST_DISABLED_VALUE
+
+
 def grafana_health(s: Snapshot, query: Query) -> tuple[int, dict]:
-    # Ray's answer when Grafana is unreachable: the UI then hides the metrics panels
-    return 500, {"result": False, "msg": "Grafana healthcheck failed",
-                 "data": {"exception": "Metrics are not kept by the history server"}}
+    # Ray's answer when Grafana is turned off (RAY_GRAFANA_HOST=DISABLED, metrics_head.py): the UI hides the
+    # Metrics tab and shows the panels as not configured, with no failed request. Metrics are not kept.
+    return 200, _ok({"grafanaHost": GRAFANA_DISABLED}, "Grafana disabled")
 
 
 def prometheus_health(s: Snapshot, query: Query) -> tuple[int, dict]:
-    return 500, {"result": False, "msg": "prometheus healthcheck failed.",
-                 "data": {"reason": "Metrics are not kept by the history server"}}
+    # Ray has no "disabled" answer here; result false is what the UI reads as "no Prometheus" (it only looks
+    # at `result`), and a 200 keeps the browser's console and the access log free of failures.
+    return 200, {"result": False, "msg": "prometheus healthcheck failed: metrics are not kept by the history server",
+                 "data": {}}

@@ -64,6 +64,12 @@ def node_summary(s: Snapshot, n: Node) -> dict:
         "labels": n.labels, "instanceId": n.instance_id, "instanceTypeName": n.instance_type_name,
         "state": row["state"], "endTimeMs": str(row["end_time_ms"]), "stateMessage": row["state_message"],
     }
+    # the object store's size is in the node's definition; nothing is stored in it once the session is over
+    # (the UI adds used + available: without both it shows NaN)
+    store_bytes = row["resources_total"].get("object_store_memory")
+    if store_bytes is not None:
+        raylet["objectStoreUsedMemory"] = 0
+        raylet["objectStoreAvailableMemory"] = store_bytes
     alive = _alive_workers(s, n.node_id)
     raylet["coreWorkersStats"] = [_core_worker_stats(w) for w in alive]
     raylet["numWorkers"] = len(alive)
@@ -139,7 +145,10 @@ def node_detail(s: Snapshot, query: Query, node_id: str) -> tuple[int, dict]:
         raise ApiError(404, f"Node {node_id} not found in this session")
     detail = node_summary(s, node)
     # The node page indexes these without a guard (NodeDetail.tsx); nothing recorded them, so they are empty.
-    detail.update(cpus=[0, 0], loadAvg=[], networkSpeed=[0, 0], cmdline=[])
+    # cpus (the host's logical/physical core counts, not Ray's CPU resource) is guarded: left out, the page
+    # omits the line rather than saying "0/ 0".
+    # cpu (percent in use) is read unguarded too: Number(undefined) draws a full bar; a dead node uses none.
+    detail.update(loadAvg=[], networkSpeed=[0, 0], cmdline=[], cpu=0)
     detail["workers"] = [{"pid": w["pid"], "coreWorkerStats": [_core_worker_stats(w)], "language": "PYTHON",
                           "jobId": w["job_id"]} for w in _alive_workers(s, node_id)]
     detail["actors"] = {a.actor_id: logical_actor(s, a) for a in s.actors if _latest(a.transitions, "node_id") == node_id}

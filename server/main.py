@@ -49,6 +49,11 @@ class Settings(CommonSettings):
     index_refresh_interval: float = Field(
         15.0, gt=0, description="seconds between reads of the session index; also how often live sessions refresh",
     )
+    stale_after: float = Field(
+        3600.0, ge=0, description="seconds without any write after which a live session shows as stale in the "
+        "picker and its banner (a recording that stopped without a mark-dead; `rayhistory mark-dead` ends it); "
+        "0: never",
+    )
     dashboard_dir: str = Field("", description="Ray dashboard build to serve (default: the one in the ray package)")
     kubernetes: Literal["auto", "on", "off"] = Field(
         "auto", description="use Kubernetes to find live clusters' dashboards and gone clusters: auto (in-cluster "

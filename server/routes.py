@@ -26,6 +26,8 @@ import json
 import logging
 import math
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,11 +36,12 @@ from aiohttp import web
 
 from rayhistory import layout
 from rayhistory.events import ts_ms
-from rayhistory.index import SessionIndex, SessionInfo, merge_records
+from rayhistory.index import SessionIndex, SessionInfo, merge_records, session_last_activity_ms
 from rayhistory.layout import SessionRef
 
 from . import api, logs
 from .cache import CacheEntry
+from .snapshot import FAILED
 from .loader import LoadTimeout, LoadUnavailable, SessionNotFound
 from .ui import SESSION_PREFIX, session_base, session_ref
 
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATUS_PATH = "rayhistory/status"
+LAST_WRITE_TTL_S = 30.0  # how often a live session's storage is listed to tell whether it went stale
+LAST_WRITE_PER_PAGE = 200  # live sessions of one /clusters page whose staleness is checked
 STATUS_GRACE_S = 0.25  # how long the status page waits for a load it starts (it never waits for more)
 COMPLETE_HEADER = "X-Rayhistory-Complete"
 MISSING_HEADER = "X-Rayhistory-Objects-Missing"
@@ -72,6 +77,24 @@ def completeness(entry: CacheEntry) -> dict[str, Any]:
         "objects_corrupt": len(snapshot.objects_corrupt),
         "events_rejected": snapshot.events_rejected,
     }
+
+
+def index_fields(info: SessionInfo, last_write_ms: int, stale_after_ms: int, now_ms: int | None = None) -> dict:
+    """What the index says of a session, for the banner. `stale`: see is_stale."""
+    return {
+        "owner_kind": info.owner_kind, "owner_name": info.owner_name, "start_ms": info.start_ms,
+        "end_ms": info.end_ms, "state": info.state, "dead_reason": info.dead_reason,
+        "last_update_ms": last_write_ms or info.last_update_ms, "nodes": len(info.node_ids),
+        "stale": is_stale(info, last_write_ms, stale_after_ms, now_ms),
+    }
+
+
+def is_stale(info: SessionInfo, last_write_ms: int, stale_after_ms: int, now_ms: int | None = None) -> bool:
+    """Live in the index, but nothing of it was written for `stale_after_ms` (0: never stale): a recording
+    that stopped without a mark-dead (without Kubernetes nothing else ends it)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    last = last_write_ms or info.last_update_ms
+    return bool(stale_after_ms) and info.state == "live" and bool(last) and now_ms - last > stale_after_ms
 
 
 def completeness_headers(entry: CacheEntry) -> dict[str, str]:
@@ -191,12 +214,79 @@ def filter_sessions(sessions: list[SessionInfo], query) -> tuple[list[SessionInf
     return page, (encode_cursor(page[-1]) if more and page else None), len(matching)
 
 
+def failure_counts(entry: CacheEntry) -> tuple[int, int] | None:
+    """(failed tasks, failed jobs) of a loaded session, as its task and job lists say; computed once per
+    loaded snapshot (kept on the entry)."""
+    cached = getattr(entry, "_rayhistory_failures", None)
+    if cached is not None:
+        return cached
+    try:
+        failed_tasks = sum(1 for t in entry.snapshot.tasks if t.state == FAILED)
+        failed_jobs = sum(1 for j in api.jobs(entry.snapshot, {})[1] if j.get("status") == "FAILED")
+    except Exception:  # noqa: BLE001 - a count is a nicety of the picker, never a failed list
+        log.exception("counting a session's failures failed")
+        return None
+    counts = (failed_tasks, failed_jobs)
+    if not entry.live:  # a live session's snapshot is replaced on refresh, with its entry
+        entry._rayhistory_failures = counts
+    return counts
+
+
+# ---- answers of dead sessions, cached ----------------------------------------------------------------
+
+CACHE_HEADER = "X-Rayhistory-Answer-Cache"
+
+
+class AnswerCache:
+    """Rendered answers of dead sessions, per (loaded snapshot, path, query). A dead session's snapshot never
+    changes, and the UI's auto-refresh (on by default, on every page, not switchable from outside) asks the
+    same questions every few seconds: those become a dict lookup. Bounded by count and bytes (LRU); an entry
+    holds its snapshot only weakly, so an evicted session's answers die with it."""
+
+    def __init__(self, max_entries: int = 4096, max_bytes: int = 64 << 20, max_answer_bytes: int = 4 << 20):
+        self.max_entries, self.max_bytes, self.max_answer_bytes = max_entries, max_bytes, max_answer_bytes
+        self._answers: OrderedDict[tuple, tuple] = OrderedDict()
+        self.nbytes = 0
+
+    @staticmethod
+    def key(entry: CacheEntry, pattern: str, query) -> tuple:
+        return (id(entry), pattern, tuple(sorted(query.items())))
+
+    def get(self, key: tuple, entry: CacheEntry) -> tuple | None:
+        hit = self._answers.get(key)
+        if hit is None:
+            return None
+        if hit[0]() is not entry:  # another entry now lives at that id: the old one is gone
+            self._drop(key)
+            return None
+        self._answers.move_to_end(key)
+        return hit[1:]
+
+    def put(self, key: tuple, entry: CacheEntry, response: web.Response) -> None:
+        body = response.body
+        if not isinstance(body, bytes) or len(body) > self.max_answer_bytes:
+            return
+        if key in self._answers:
+            self._drop(key)
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")}
+        self._answers[key] = (weakref.ref(entry), response.status, body, response.content_type, response.charset,
+                              headers)
+        self.nbytes += len(body)
+        while len(self._answers) > self.max_entries or self.nbytes > self.max_bytes:
+            self._drop(next(iter(self._answers)))
+
+    def _drop(self, key: tuple) -> None:
+        self.nbytes -= len(self._answers.pop(key)[2])
+
+
 # ---- handlers ------------------------------------------------------------------------------------
 
 
 class Routes:
     def __init__(self, state: ServerState):
         self.state = state
+        self.answers = AnswerCache()
+        self._last_write: dict[tuple, tuple[float, int]] = {}
 
     # -- sessions --
 
@@ -228,6 +318,13 @@ class Routes:
             params = {k: v for k, v in request.match_info.items() if k not in ("namespace", "cluster", "session")}
             query = request.query.copy()
             query.extend(params)
+            # answers with per-request headers (a download's dated file name) are rendered each time
+            cache_key = None if entry.live or extra_headers else AnswerCache.key(entry, pattern, query)
+            hit = self.answers.get(cache_key, entry) if cache_key is not None else None
+            if hit is not None:
+                status, body, content_type, charset, headers = hit
+                return web.Response(body=body, status=status, content_type=content_type, charset=charset,
+                                    headers={**headers, CACHE_HEADER: "hit"})
             try:
                 # in a worker thread: a 10,000-row answer takes a while, and the event loop keeps
                 # serving other requests meanwhile (snapshots are immutable, handlers pure)
@@ -238,6 +335,8 @@ class Routes:
                 response = await asyncio.to_thread(body_response, status, body, headers)
             except api.ApiError as exc:
                 return json_response(exc.body(), status=exc.status, headers=completeness_headers(entry))
+            if cache_key is not None:
+                self.answers.put(cache_key, entry, response)
             return response
 
         return handle
@@ -297,6 +396,10 @@ class Routes:
                 raise web.HTTPNotFound(text=str(task.exception()))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             entry = self.state.cache.peek(ref)
+        info = await self.session_info(ref)
+        if info is not None:  # the index's view, for the banner (owner, times, state, staleness)
+            last = await self.last_write_ms(info)
+            body["index"] = index_fields(info, last, self.stale_after_ms())
         progress = loader.progress(ref)
         body["load_state"] = loader.state(ref)
         body["ready"] = entry is not None
@@ -317,6 +420,29 @@ class Routes:
             return json_response(body, headers=completeness_headers(entry))
         return json_response(body)
 
+    async def session_info(self, ref: SessionRef) -> SessionInfo | None:
+        key = (ref.namespace, ref.cluster, ref.session)
+        found = next((s for s in self.state.directory.sessions if (s.namespace, s.cluster, s.session) == key), None)
+        return found if found is not None else await self.state.index.session(ref)
+
+    def stale_after_ms(self) -> int:
+        return int(getattr(self.state.settings, "stale_after", 0) * 1000)
+
+    async def last_write_ms(self, info: SessionInfo) -> int:
+        """When anything of a live session was last written (listed at most every LAST_WRITE_TTL_S); 0 for a
+        dead one (not needed) or when staleness is off."""
+        if info.state != "live" or not self.stale_after_ms():
+            return 0
+        key = (info.namespace, info.cluster, info.session)
+        known = self._last_write.get(key)
+        if known is not None and time.monotonic() - known[0] < LAST_WRITE_TTL_S:
+            return known[1]
+        ms = await session_last_activity_ms(self.state.store, info.ref)
+        self._last_write[key] = (time.monotonic(), ms)
+        if len(self._last_write) > 10_000:
+            self._last_write.pop(next(iter(self._last_write)))
+        return ms
+
     # -- the session list --
 
     async def clusters(self, request: web.Request) -> web.Response:
@@ -325,16 +451,25 @@ class Routes:
         # one pass over this replica's sessions, not one SessionRef per row: a page can hold 10,000s
         cached = {(r.namespace, r.cluster, r.session): self.state.cache.peek(r) for r in self.state.cache.refs()}
         loading = {(r.namespace, r.cluster, r.session) for r in self.state.loader.loading()}
+        live = [s for s in page if s.state == "live"][:LAST_WRITE_PER_PAGE]
+        writes = dict(zip([(s.namespace, s.cluster, s.session) for s in live],
+                          await asyncio.gather(*(self.last_write_ms(s) for s in live))))
+        stale_after = self.stale_after_ms()
         out = []
         for s in page:
             key = (s.namespace, s.cluster, s.session)
             entry = cached.get(key)
+            counts = failure_counts(entry) if entry is not None else None
             out.append({
                 "namespace": s.namespace, "cluster": s.cluster, "owner_kind": s.owner_kind, "owner_name": s.owner_name,
                 "session": s.session, "start_ms": s.start_ms, "end_ms": s.end_ms, "state": s.state,
                 "nodes": len(s.node_ids), "size_bytes": entry.stored_bytes if entry is not None else None,
                 "load_state": "loading" if key in loading else "loaded" if entry is not None else "not_loaded",
                 "url": session_base(s),
+                "stale": is_stale(s, writes.get(key, 0), stale_after),
+                "last_write_ms": writes.get(key) or None,
+                # for loaded sessions only (counting means a load): failed tasks and jobs
+                "failed_tasks": counts[0] if counts else None, "failed_jobs": counts[1] if counts else None,
             })
         return json_response({"sessions": out, "next_cursor": cursor, "total": total})
 

@@ -125,6 +125,74 @@ def render_loading_page(ref: SessionRef, status_path: str) -> str:
     )
 
 
+BANNER_MARK = b'<div id="root">'
+NODES_PATH = "nodes?view=summary"
+
+
+def render_banner(ref: SessionRef, status_path: str) -> str:
+    """The context banner injected into a session's index.html: which session this is, its state and what is
+    missing (filled from `status_path` by its script), node log links, the way back and the shareable URL."""
+    config = {"namespace": ref.namespace, "cluster": ref.cluster, "session": ref.session,
+              "statusPath": status_path, "nodesPath": NODES_PATH}
+    return (
+        page_template("banner.html")
+        .replace("{{picker}}", "../../../../")
+        .replace("{{config}}", json.dumps(config).replace("<", "\\u003c"))
+    )
+
+
+def render_dashboard_index(index_html: bytes, ref: SessionRef, status_path: str) -> bytes:
+    """The build's index.html for one session: the banner before the app's root and a per-session <title>.
+    The build's own files are never rewritten; only this copy of its page, per request."""
+    title = html.escape(f"Ray Dashboard · {ref.cluster} / {ref.session}").encode()
+    page = re.sub(rb"<title>[^<]*</title>", b"<title>" + title + b"</title>", index_html, count=1)
+    banner = render_banner(ref, status_path).encode()
+    if BANNER_MARK in page:
+        return page.replace(BANNER_MARK, banner + BANNER_MARK, 1)
+    return page.replace(b"</body>", banner + b"</body>", 1)  # another build's layout: still shown
+
+
+def render_error_page(status: int, reason: str, message: str, picker: str) -> str:
+    """A 404 or error page in the picker's style, with a link back to it (`picker`: relative path)."""
+    return (
+        page_template("error.html")
+        .replace("{{picker}}", html.escape(picker))
+        .replace("{{status}}", str(status))
+        .replace("{{reason}}", html.escape(reason))
+        .replace("{{message}}", html.escape(message))
+    )
+
+
+def picker_path(request_path: str) -> str:
+    """The picker (/) relative to a request's path, so links work behind an Ingress path prefix too."""
+    depth = max(0, request_path.count("/") - 1)
+    return "../" * depth or "./"
+
+
+def wants_html(request: web.Request) -> bool:
+    """A browser navigating (not the dashboard's fetch/axios calls, which ask for JSON or */*)."""
+    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
+
+
+@web.middleware
+async def error_pages(request: web.Request, handler):
+    """A browser that navigates to a path that fails gets a page with a way back, not bare text. API calls
+    (which never ask for text/html) keep their answers as they are."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not wants_html(request):
+            raise
+        message = exc.text if exc.text and exc.content_type == "text/plain" else exc.reason
+        if message.startswith(f"{exc.status}: "):
+            message = message[len(f"{exc.status}: "):]
+        return web.Response(
+            text=render_error_page(exc.status, exc.reason, message, picker_path(request.path)), status=exc.status,
+            content_type="text/html", headers={"Cache-Control": "no-store", **{
+                k: v for k, v in exc.headers.items() if k in ("Retry-After",)}})
+    return response
+
+
 class DashboardUI:
     """aiohttp handlers for the picker, the loading page and the dashboard build under a session prefix."""
 
@@ -160,7 +228,8 @@ class DashboardUI:
         if not state.ready:
             body = render_loading_page(ref, self.status_path)
             return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-store"})
-        return web.Response(body=self._index_html, content_type="text/html", headers={"Cache-Control": _NO_CACHE})
+        body = render_dashboard_index(self._index_html, ref, self.status_path)
+        return web.Response(body=body, content_type="text/html", headers={"Cache-Control": _NO_CACHE})
 
     async def asset(self, request: web.Request) -> web.StreamResponse:
         session_ref(request)
@@ -205,4 +274,5 @@ def setup_ui(
         log.info("serving the ray dashboard build", extra={"dashboard_dir": str(build)})
     ui = DashboardUI(build, load_state, status_path)
     ui.add_routes(app)
+    app.middlewares.append(error_pages)
     return ui

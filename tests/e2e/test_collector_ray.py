@@ -36,7 +36,7 @@ from tests.backends import moto_s3
 from tests.collector.process import CollectorProcess
 from tests.collector.storage_view import session_info, stored_endpoints, stored_events, stored_logs
 from tests.conftest import TEST_OUTPUT, free_port
-from tests.e2e import ray_cluster
+from rayhistory import raystart
 from tests.server.fixture_store import running_server
 from tests.server.test_ground_truth import diff, unexplained  # the ground-truth suite's comparison and allow-list
 
@@ -143,7 +143,7 @@ def relay():
 
 @pytest.fixture(scope="module")
 def cluster(relay):
-    c = ray_cluster.start(env=ray_cluster.event_export_env(relay.port), num_cpus=2)
+    c = raystart.start(env=raystart.event_export_env(relay.port), num_cpus=2)
     try:
         yield c
     finally:

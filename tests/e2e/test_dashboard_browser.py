@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -157,11 +158,18 @@ async def test_two_tabs_show_two_sessions_at_once(history_server, browser):
 
 @pytest.fixture
 async def demo_session_server(tmp_path):
-    """What `make demo` records (a real Ray 2.60 head, the collector, the sample workload), served like the demo."""
+    """What `make demo` records (a real Ray 2.60 head, the collector, the sample workload), served like the demo.
+
+    Run as a user who once ran a local `ray.init()` (~/.ray/auth_token exists) and exports RAY_AUTH_MODE=token:
+    the demo's Ray has its own explicit auth setup, so neither breaks it."""
     workdir = tmp_path / "demo"
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a-token-of-the-users-own")
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(REPO / "scripts" / "demo.py"), "--workdir", str(workdir), "--no-serve",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )
     try:
         output, _ = await asyncio.wait_for(proc.communicate(), 240)
@@ -227,3 +235,113 @@ async def test_picker_pages_through_every_session_and_searches_them_all(browser,
             await page.wait_for_function("document.querySelectorAll('tr.session').length === 1")
             assert await rows.first.get_attribute("data-session") == refs[0].session
             assert await page.locator("#count").inner_text() == "1 of 450 sessions"
+
+
+async def test_banner_says_which_session_it_is_and_offers_its_nodes_logs(history_server, browser):
+    """The context banner: namespace, cluster, session, times, dead and complete, the way back, the shareable
+    URL, a per-session title; the dead session's nodes' logs from the banner (Ray's Logs tab lists only ALIVE
+    nodes); a 404 page with a way back."""
+    base, ref, other = history_server
+    page = await browser.new_page()
+    async with screenshot_on_failure(page, "banner"):
+        await page.goto(session_url(base, ref) + "#/jobs")
+        banner = page.locator("#rayhistory-banner")
+        await banner.get_by_text("dead").first.wait_for()
+        await banner.get_by_text("complete").first.wait_for()
+        text = await banner.inner_text()
+        for expected in ("ray", "demo", ref.session, "started", "ended", "Ray History"):
+            assert expected in text, (expected, text)
+        await page.wait_for_function(f"document.title.startsWith('Jobs') && document.title.endsWith('{ref.session}')")
+        assert await banner.locator("a[data-rh=url]").get_attribute("href") == session_url(base, ref)
+        await shot(page, "11-banner-jobs")
+
+        # the Logs tab: Ray lists no dead node; the banner's node links open the node's files
+        await page.goto(session_url(base, ref) + "#/logs")
+        node_link = banner.locator(f"a[data-node-id='{HEAD_NODE_ID}']")
+        await node_link.wait_for()
+        assert "(head)" in await node_link.inner_text()
+        await node_link.click()
+        await page.get_by_role("link", name="raylet.out").wait_for()
+        await shot(page, "12-banner-node-logs")
+
+        # back to the picker
+        await banner.get_by_role("link", name="Ray History").click()
+        await page.wait_for_url(base)
+        await page.locator("tr.session").first.wait_for()
+
+        # a session that does not exist: a page in the picker's style, with the way back
+        await page.goto(f"{base}s/ray/nowhere/{ref.session}/")
+        await page.get_by_text("404").first.wait_for()
+        await shot(page, "13-not-found")
+        await page.get_by_role("link", name="Back to all sessions").click()
+        await page.wait_for_url(base)
+
+
+async def test_serve_metrics_cluster_and_node_pages_show_no_errors_nan_or_invalid_dates(history_server, browser):
+    """Serve says "not started" and metrics "not configured" without a failed request or an error popup;
+    the Cluster and node pages show what the node definitions know, no NaN / Invalid Date."""
+    base, ref, other = history_server
+    page = await browser.new_page()
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    async with screenshot_on_failure(page, "no-errors"):
+        await page.goto(session_url(base, ref) + "#/serve")
+        await page.get_by_text("Serve not started").first.wait_for()
+        assert not await page.get_by_text("AxiosError").count()
+        await shot(page, "14-serve-not-running")
+        await page.goto(session_url(base, ref) + "#/overview")
+        await page.get_by_text("Cluster status and autoscaler").first.wait_for()
+        await shot(page, "15-overview-no-metrics")
+        await page.goto(session_url(base, ref) + "#/cluster")
+        await page.locator("tr", has_text="127.0.0.1").first.wait_for()
+        await page.wait_for_load_state("networkidle")
+        body = await page.locator("body").inner_text()
+        await shot(page, "16-cluster-nodes")
+        bad = [w for w in ("NaN", "Invalid Date", "0/ 0") if w in body]
+        await page.goto(session_url(base, ref) + f"#/cluster/nodes/{HEAD_NODE_ID}")
+        await page.get_by_text(HEAD_NODE_ID).first.wait_for()
+        await page.wait_for_load_state("networkidle")
+        node_body = await page.locator("body").inner_text()
+        await shot(page, "17-node-page")
+        bad += [f"node page: {w}" for w in ("NaN", "Invalid Date", "0/ 0") if w in node_body]
+        assert bad == [], bad
+    assert [f for f in failed if "serve" in f or "grafana" in f or "prometheus" in f] == []
+
+
+async def test_picker_groups_by_cluster_keeps_filters_in_the_url_and_shows_failures_and_stale(browser, tmp_path):
+    store_url = f"file://{tmp_path / 'store'}"
+    store = Store(store_url)
+    ref = await write_fixture_session(store, fixture_ref("ray", "demo"))
+    await write_fixture_session(store, fixture_ref("ray", "other-cluster"))
+    stuck = await write_fixture_session(store, fixture_ref("team-b", "stuck"), dead=False)  # last write: long ago
+    async with running_server(store_url) as base:
+        page = await browser.new_page()
+        async with screenshot_on_failure(page, "picker-groups"):
+            # a loaded session lists its failures
+            await page.goto(session_url(base, ref) + "#/overview")
+            await page.get_by_text("Cluster status and autoscaler").first.wait_for()
+            await page.goto(base)
+            await page.wait_for_function("document.querySelectorAll('tr.session').length === 3")
+            groups = await page.locator("tr.group").evaluate_all("rows => rows.map(r => r.dataset.cluster)")
+            assert sorted(groups) == ["ray/demo", "ray/other-cluster", "team-b/stuck"]
+            demo_row = page.locator("tr.session", has_text="demo").first
+            assert "1 job" in await demo_row.inner_text() and "task" in await demo_row.inner_text()
+            stuck_row = page.locator("tr.session", has_text="stuck").first
+            assert "stale" in await stuck_row.locator(".badge.stale").inner_text()
+            await shot(page, "18-picker-groups")
+            # filters go into the URL; the URL brings them back
+            await page.fill("#search", "other")
+            await page.select_option("#state", "dead")
+            await page.wait_for_function("document.querySelectorAll('tr.session').length === 1")
+            assert "q=other" in page.url and "state=dead" in page.url
+            shared = page.url
+            other_page = await browser.new_page()
+            await other_page.goto(shared)
+            await other_page.wait_for_function("document.querySelectorAll('tr.session').length === 1")
+            assert await other_page.input_value("#search") == "other"
+            assert await other_page.input_value("#state") == "dead"
+            await shot(other_page, "19-picker-filter-in-url")
+            # the stuck session's banner says it is stale
+            await page.goto(session_url(base, stuck) + "#/jobs")
+            await page.locator("#rayhistory-banner .rh-badge.stale").wait_for()
+            await shot(page, "20-banner-stale")

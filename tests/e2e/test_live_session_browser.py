@@ -1,6 +1,6 @@
 """A live session, in a real browser: the history server proxies it to the running Ray head's own dashboard.
 
-A real Ray 2.60 head on 127.0.0.1 (tests/e2e/ray_cluster.py), a real `rayhistory server`, Debian's Chromium.
+A real Ray 2.60 head on 127.0.0.1 (tests/e2e/raystart.py), a real `rayhistory server`, Debian's Chromium.
 Kubernetes is kmock's emulator over HTTP (no real API server installs here): it holds the RayCluster and its
 head Service, whose cluster IP is 127.0.0.1 and whose `dashboard` port is the head's dashboard port, and
 the server finds it through a kubeconfig, as it would with in-cluster credentials.
@@ -19,7 +19,7 @@ from rayhistory.index import SessionIndex
 from rayhistory.layout import IndexKind, SessionRef
 from rayhistory.server import live_proxy as lp
 from rayhistory.store import Store
-from tests.e2e import ray_cluster
+from rayhistory import raystart
 from tests.kube_api import use_kmock_kubeconfig
 from tests.e2e.browser import browser, running_server, screenshot_on_failure, session_url, shot  # noqa: F401
 
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 @pytest.fixture
 def ray_head():
-    cluster = ray_cluster.start(num_cpus=1)
+    cluster = raystart.start(num_cpus=1)
     try:
         yield cluster
     finally:

@@ -72,7 +72,7 @@ _NODE_PROCESS_KEYS = ("now", "cpu", "cpus", "mem", "hostMem", "cgroupMem", "shm"
                       "disk", "diskIo", "diskIoSpeed", "gpus", "tpus", "network", "networkSpeed", "cmdline", "gcs")
 _RAYLET_LIVE_KEYS = ("nodeManagerPort", "objectManagerPort", "metricsExportPort", "metricsAgentPort",
                      "dashboardAgentListenPort", "runtimeEnvAgentPort", "rayletSocketName", "objectStoreSocketName",
-                     "tempDir", "sessionDir", "storeStats", "objectStoreUsedMemory", "objectStoreAvailableMemory",
+                     "tempDir", "sessionDir", "storeStats", "objectStoreAvailableMemory",
                      "stateSnapshot", "nodeTypeName")
 _ACTOR_VIEWS = r"^/(logical/actors|nodes/)"
 ALLOWED: list[Allowed] = [
@@ -80,6 +80,8 @@ ALLOWED: list[Allowed] = [
       for glob in (f"/data/summary/*/{key}*", f"/data/detail/{key}*")],
     *[Allowed(r"^/nodes", f"/data/*/raylet/{key}", "the raylet's ports, sockets, object store and idle state at "
               "capture: read from the running raylet, in no event") for key in _RAYLET_LIVE_KEYS],
+    # objectStoreUsedMemory: we answer 0 (nothing is stored once the session is over); the idle capture head's
+    # store was empty too, so it matches. objectStoreAvailableMemory: we answer the store's whole size.
     Allowed(r"^/nodes", "*/raylet/coreWorkersStats*", "processes alive at capture (the raylet's process table); we "
             "list the workers and drivers the events leave alive, e.g. drivers 04-06000000 started by the capture"),
     Allowed(r"^/nodes", "*/raylet/numWorkers", "the same processes, counted"),
@@ -114,9 +116,12 @@ ALLOWED: list[Allowed] = [
     Allowed(r"^/api/data/datasets/", "", "the live head had no pandas (503); Ray Data metrics are not recorded, "
                                          "we answer an empty dataset list"),
     Allowed(r"^/api/cluster_status$", "/*", "the collector stores the ?format=1 answer only; we serve it for both"),
-    Allowed(r"^/api/grafana_health", "/data/exception", "the live error text names the head's local Grafana port"),
-    Allowed(r"^/api/prometheus_health", "/data/reason", "the live error text names the head's local Prometheus port"),
-    Allowed(r"^/api/serve/applications/", "", "Serve was not installed on the capture head; we say it did not run"),
+    Allowed(r"^/api/grafana_health", "", "we answer Ray's 'Grafana disabled' (200): metrics are not kept"),
+    Allowed(r"^/api/grafana_health", "/*", "we answer Ray's 'Grafana disabled' (200): metrics are not kept"),
+    Allowed(r"^/api/prometheus_health", "", "200 with result false: the UI's 'no Prometheus', no failed request"),
+    Allowed(r"^/api/prometheus_health", "/*", "200 with result false: the UI's 'no Prometheus', no failed request"),
+    Allowed(r"^/api/serve/applications/", "", "Serve was not installed on the capture head; we answer Ray's "
+                                               "'no Serve instance' (200) so the UI says Serve is not running"),
     Allowed(r"^/api/v0/logs/file", "", "log lookups that fail: Ray answers 500, we answer 404 (same message)"),
 ]
 

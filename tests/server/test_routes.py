@@ -112,6 +112,10 @@ async def test_status_reports_progress_and_completeness(store):
     assert body["progress"]["events"] == 440 and body["progress"]["phase"] == "done"
     assert body["tasks"] > 0 and body["snapshot_key"]
     assert resp.headers["X-Rayhistory-Complete"] == "true"
+    # what the index says, for the session's banner
+    index = body["index"]
+    assert index["state"] == "dead" and index["start_ms"] > 0 and index["end_ms"] >= index["start_ms"]
+    assert index["nodes"] >= 1 and index["stale"] is False
 
 
 async def test_a_corrupt_object_marks_responses_incomplete_not_failed(store):
@@ -389,3 +393,66 @@ async def test_a_plain_get_of_a_session_page_starts_its_load(store):
         assert (await client.get(f"/s/{ref.tail}/")).status == 200
         unknown = await client.get(f"/s/ray/demo/{numbered_ref(9).session}/")
         assert unknown.status == 404 and state.loader.state(numbered_ref(9)) == "not_loaded"
+
+
+async def test_a_dead_sessions_answers_are_cached_per_snapshot_for_the_uis_auto_refresh(store):
+    """The UI refreshes every page every few seconds: a dead session answers a repeated question from cache."""
+    ref = await write_fixture_session(store)
+    async with running_server(store) as (client, _, state):
+        first = await client.get(url(ref, TASKS))
+        body = await first.read()
+        assert first.status == 200 and "X-Rayhistory-Answer-Cache" not in first.headers
+        again = await client.get(url(ref, TASKS))
+        assert again.headers["X-Rayhistory-Answer-Cache"] == "hit"
+        assert await again.read() == body and again.content_type == first.content_type
+        assert again.headers["X-Rayhistory-Complete"] == "true"
+        # another question, or the same with other parameters, is answered afresh
+        other = await client.get(url(ref, "api/v0/tasks?detail=1&limit=1"))
+        assert "X-Rayhistory-Answer-Cache" not in other.headers and await other.read() != body
+
+
+def test_answer_cache_is_bounded_and_never_serves_another_snapshots_answer():
+    from aiohttp import web as _web
+
+    from rayhistory.server.routes import AnswerCache
+    from rayhistory.server.cache import CacheEntry
+
+    cache = AnswerCache(max_entries=2, max_bytes=10)
+    a, b = CacheEntry(None, False, {}, 0), CacheEntry(None, False, {}, 0)
+    cache.put(("a",), a, _web.Response(body=b"12345"))
+    assert cache.get(("a",), a)[1] == b"12345"
+    assert cache.get(("a",), b) is None  # the key's entry is another one: dropped, not served
+    cache.put(("a",), a, _web.Response(body=b"12345"))
+    cache.put(("b",), b, _web.Response(body=b"123456"))  # 11 bytes > 10: the oldest goes
+    assert cache.get(("a",), a) is None and cache.get(("b",), b) is not None and cache.nbytes == 6
+
+
+async def test_a_live_session_with_no_write_for_stale_after_is_stale_in_the_list_and_status(store):
+    """Without Kubernetes nothing ends a recording that failed half-way: after --stale-after seconds with no
+    write it shows as stale (mark-dead ends it); a session written recently does not."""
+    from tests.server.fixture_store import write_index
+
+    old = await write_fixture_session(store, dead=False)  # written on 2026-11-23
+    fresh = layout.SessionRef("ray", "fresh", old.session)
+    await write_index(store, fresh, IndexKind.LIVE, layout.now_ms())
+    async with running_server(store, stale_after=600) as (client, _, _state):
+        rows = {r["cluster"]: r for r in (await (await client.get("/clusters")).json())["sessions"]}
+        assert rows[old.cluster]["stale"] is True and rows[old.cluster]["state"] == "live"
+        assert rows[old.cluster]["last_write_ms"] < layout.now_ms() - 600_000
+        assert rows["fresh"]["stale"] is False
+        status = await (await client.get(url(old, "rayhistory/status"))).json()
+        assert status["index"]["stale"] is True
+    async with running_server(store, stale_after=0) as (client, _, _state):
+        rows = (await (await client.get("/clusters")).json())["sessions"]
+        assert not any(r["stale"] for r in rows)
+
+
+async def test_loaded_sessions_list_their_failed_tasks_and_jobs(store):
+    ref = await write_fixture_session(store)
+    async with running_server(store) as (client, _, _state):
+        row = (await (await client.get("/clusters")).json())["sessions"][0]
+        assert row["failed_tasks"] is None and row["failed_jobs"] is None  # not loaded: counting would load it
+        await client.get(url(ref, TASKS))
+        row = (await (await client.get("/clusters")).json())["sessions"][0]
+    # the fixture's failed task (boom) and its failed submission job
+    assert row["load_state"] == "loaded" and row["failed_tasks"] >= 1 and row["failed_jobs"] == 1

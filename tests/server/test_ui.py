@@ -7,6 +7,7 @@ real server.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -64,7 +65,11 @@ async def test_session_prefix_serves_the_unmodified_build_and_every_asset_it_ref
         resp = await client.get(session_path)
         assert resp.status == 200
         page = await resp.read()
-        assert page == (build / "index.html").read_bytes()
+        # the build's page, with only the banner and the title added for this session
+        original = (build / "index.html").read_bytes()
+        banner = page[page.index(b"<!-- rayhistory:"):page.index(b'<div id="root">')]
+        untitled = re.sub(rb"<title>[^<]*</title>", b"<title>Ray Dashboard</title>", page.replace(banner, b""))
+        assert untitled == original
         # index.html loads its bundles with paths relative to the session's URL
         refs = re.findall(rb'(?:src|href)="\./([^"]+)"', page)
         assert {r.split(b"/")[0] for r in refs} >= {b"static", b"favicon.ico"}
@@ -124,3 +129,40 @@ def test_missing_build_answers_503_with_how_to_get_it(tmp_path):
     with pytest.raises(web.HTTPServiceUnavailable) as err:
         ui_._require_build()
     assert "make dashboard" in err.value.text
+
+
+async def test_session_page_carries_the_banner_and_a_per_session_title(client):
+    resp = await client.get(f"/s/ray/demo/{SESSION_NAME}/")
+    page = await resp.text()
+    assert f"<title>Ray Dashboard · demo / {SESSION_NAME}</title>" in page
+    assert page.index('id="rayhistory-banner"') < page.index('<div id="root">')
+    # the way back to the picker and the status the banner reads, both relative to the session's URL
+    assert 'href="../../../../"' in page
+    config = json.loads(re.search(r"const CONFIG = (\{.*?\});", page).group(1))
+    assert config == {"namespace": "ray", "cluster": "demo", "session": SESSION_NAME, "statusPath": STATUS_PATH,
+                      "nodesPath": "nodes?view=summary"}
+    assert "{{" not in page
+    # the build's own file is untouched
+    assert b"rayhistory" not in (installed_build() / "index.html").read_bytes()
+
+
+async def test_a_browser_gets_error_pages_with_a_way_back_and_api_clients_their_answers(client):
+    html_accept = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    resp = await client.get(f"/s/ray/gone/{SESSION_NAME}/", headers=html_accept)
+    assert resp.status == 404 and resp.content_type == "text/html"
+    page = await resp.text()
+    assert "Back to all sessions" in page and 'href="../../../../"' in page
+    assert SESSION_NAME in page and "in this history store" in page
+    assert "{{" not in page
+    resp = await client.get("/no/such/page", headers=html_accept)
+    assert resp.status == 404 and 'href="../../"' in await resp.text()
+    # what the dashboard's axios sends: the plain answer, never HTML
+    resp = await client.get(f"/s/ray/gone/{SESSION_NAME}/", headers={"Accept": "application/json, text/plain, */*"})
+    assert resp.status == 404 and resp.content_type == "text/plain"
+
+
+def test_picker_path_is_relative_to_the_request():
+    assert ui.picker_path("/") == "./"
+    assert ui.picker_path("/clusters") == "./"
+    assert ui.picker_path(f"/s/ray/demo/{SESSION_NAME}/") == "../../../../"
+    assert ui.picker_path(f"/s/ray/demo/{SESSION_NAME}/api/v0/x") == "../../../../../../"
