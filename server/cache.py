@@ -7,9 +7,13 @@ request for an evicted session simply loads it again (the loader goes through th
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
+import threading
 import time
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +67,74 @@ def _measure_items(items: list, seen: set[int], pair: bool = False) -> int:
     step = len(items) / _SAMPLE
     sampled = sum(one(items[int(i * step)]) for i in range(_SAMPLE))
     return int(sampled * len(items) / _SAMPLE)
+
+
+class EncodedRows:
+    """Encoded JSON rows of the list API, reused across requests: a 10,000-row answer is mostly rows that
+    an earlier answer encoded already (the same page reloaded, or another filter over the same tasks).
+
+    One bound for the whole process (not per snapshot, or it would multiply by the number of cached
+    sessions), oldest rows dropped first. A row is keyed by its snapshot's token and its object's id:
+    snapshots are immutable once built, and both keys stay unique while the snapshot lives. A snapshot's
+    token dies with it (weakref.finalize, before its id can be reused), and its rows are then dropped.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._rows: dict[tuple[int, int, bool], bytes] = {}
+        self._bytes = 0
+        self._tokens: dict[int, int] = {}  # id(snapshot) -> token, while the snapshot lives
+        self._dead: list[int] = []  # tokens of snapshots gone since, whose rows are still here
+        self._next_token = itertools.count(1)
+
+    def _token(self, snapshot: Any) -> int:
+        with self._lock:
+            token = self._tokens.get(id(snapshot))
+            if token is None:
+                token = self._tokens[id(snapshot)] = next(self._next_token)
+                weakref.finalize(snapshot, self._forget, id(snapshot))
+            return token
+
+    def _forget(self, snapshot_id: int) -> None:
+        # runs wherever the snapshot's last reference went, maybe inside _lock's holder: no lock here,
+        # only single dict/list operations (atomic); the rows go at the next insertion
+        self._dead.append(self._tokens.pop(snapshot_id))
+
+    def rows(self, snapshot: Any, items: Sequence, variant: bool, encode: Callable[[Any], bytes]) -> list[bytes]:
+        """encode(item) for each item of the snapshot (`variant` tells two encodings of one item apart),
+        from the cache where it has them."""
+        token = self._token(snapshot)
+        get = self._rows.get
+        out = [get((token, id(item), variant)) for item in items]
+        missing = [i for i, row in enumerate(out) if row is None]
+        if not missing:
+            return out
+        for i in missing:  # outside the lock: encoding is the slow part, and other requests go on meanwhile
+            out[i] = encode(items[i])
+        with self._lock:
+            self._drop_dead()
+            for i in missing:
+                key = (token, id(items[i]), variant)
+                if key not in self._rows:
+                    self._rows[key] = out[i]
+                    self._bytes += len(out[i])
+            while self._bytes > self.max_bytes and self._rows:
+                self._bytes -= len(self._rows.pop(next(iter(self._rows))))
+        return out
+
+    def _drop_dead(self) -> None:
+        if not self._dead:
+            return
+        dead = set()
+        while self._dead:
+            dead.add(self._dead.pop())
+        for key in [k for k in self._rows if k[0] in dead]:
+            self._bytes -= len(self._rows.pop(key))
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
 
 
 @dataclass

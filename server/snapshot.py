@@ -173,8 +173,11 @@ class ObjectProblem(Struct, array_like=True):
     reason: str
 
 
-class Snapshot(Struct, gc=False):
-    """Everything the dashboard needs for one session. Build it with SnapshotBuilder."""
+class Snapshot(Struct, weakref=True):
+    """Everything the dashboard needs for one session. Build it with SnapshotBuilder.
+
+    Weak-referenceable, so that what the server derives from a snapshot (cache.EncodedRows) goes with it;
+    msgspec allows that only with the GC tracking it (one object per session: no cost)."""
 
     namespace: str
     cluster: str

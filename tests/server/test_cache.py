@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
 import tracemalloc
 
 from rayhistory import layout
-from rayhistory.server.cache import CacheEntry, SnapshotCache, measure_bytes
+from rayhistory.server.cache import CacheEntry, EncodedRows, SnapshotCache, measure_bytes
 from rayhistory.server.metrics import ServerMetrics
 from rayhistory.server.snapshot import SnapshotBuilder, decode_snapshot, encode_snapshot
 from tests.server.fixture_store import event_batches, fixture_ref, late_task_batch, numbered_ref
@@ -66,3 +67,30 @@ def test_an_entry_larger_than_the_cache_is_not_cached():
     cache.put(numbered_ref(0), entry(400))
     assert not cache.put(numbered_ref(1), entry(5000))
     assert numbered_ref(1) not in cache and numbered_ref(0) in cache
+
+
+def test_encoded_rows_are_reused_bounded_and_go_with_their_snapshot():
+    calls = []
+
+    def encode(item):
+        calls.append(item)
+        return json.dumps(item).encode()
+
+    rows = EncodedRows(max_bytes=1 << 20)
+    a, b = decode_snapshot(fixture_snapshot_bytes()), decode_snapshot(fixture_snapshot_bytes())
+    first = rows.rows(a, a.tasks[:5], True, lambda t: encode(t.task_id))
+    assert rows.rows(a, a.tasks[:5], True, lambda t: encode(t.task_id)) == first and len(calls) == 5  # reused
+    rows.rows(a, a.tasks[:5], False, lambda t: encode(t.attempt))  # another variant of the same items: its own rows
+    b_rows = rows.rows(b, b.tasks[:5], True, lambda t: encode(t.task_id))  # an equal snapshot is another one
+    assert len(calls) == 15 and b_rows == first
+    del a
+    gc.collect()
+    rows.rows(b, b.tasks[:5], True, lambda t: encode(t.task_id))
+    assert len(calls) == 15  # b's rows stayed
+    rows.rows(b, b.tasks[5:6], True, lambda t: encode(t.task_id))  # a dead snapshot's rows go at the next insertion
+    assert rows.nbytes == sum(len(json.dumps(t.task_id)) for t in b.tasks[:6])
+
+    small = EncodedRows(max_bytes=200)
+    small.rows(b, b.tasks, True, lambda t: encode(t.task_id))
+    assert 0 < small.nbytes <= 200  # the oldest rows made room
+    assert small.rows(b, b.tasks[-1:], True, lambda t: encode(t.task_id)) == [json.dumps(b.tasks[-1].task_id).encode()]
