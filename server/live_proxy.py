@@ -124,6 +124,22 @@ def effective_state(info: SessionInfo, sessions: list[SessionInfo], cluster: Clu
 
 # ---- Kubernetes ------------------------------------------------------------------------------------
 
+def load_api_client() -> Any | None:
+    """A kubernetes ApiClient with the server's own credentials: in-cluster config, else the kubeconfig
+    ($KUBECONFIG, read now); None when neither exists. Each call gets a Configuration of its own."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        try:
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+        except (config.ConfigException, FileNotFoundError, TypeError):
+            return None
+    return client.ApiClient(configuration)
+
+
 class KubernetesClusters:
     """Reads RayClusters and their head Services with the kubernetes client, cached for `ttl` seconds."""
 
@@ -138,17 +154,8 @@ class KubernetesClusters:
     @classmethod
     def from_environment(cls, ttl: float = 5.0) -> KubernetesClusters | None:
         """In-cluster config, else the kubeconfig; None when neither exists (local runs, the demo)."""
-        from kubernetes import client, config
-
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            try:
-                # read $KUBECONFIG now: the client's default is taken from it once, at import
-                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-            except (config.ConfigException, FileNotFoundError, TypeError):
-                return None
-        return cls(client.ApiClient(), ttl)
+        api_client = load_api_client()
+        return cls(api_client, ttl) if api_client is not None else None
 
     def _read(self, namespace: str, name: str) -> ClusterView:
         from kubernetes.client.exceptions import ApiException
@@ -195,9 +202,13 @@ SessionLookup = Callable[[SessionRef], Awaitable[tuple[SessionInfo | None, list[
 class LiveProxy:
     """Routes requests under /s/{namespace}/{cluster}/{session}/ to a live dashboard or to storage."""
 
-    def __init__(self, clusters: KubernetesClusters | None, lookup: SessionLookup, timeout: float = 30.0):
+    def __init__(self, clusters: KubernetesClusters | None, lookup: SessionLookup, timeout: float = 30.0,
+                 forward_authorization: bool = True):
         self.clusters = clusters
         self.lookup = lookup
+        # with --auth kubernetes the caller's Authorization is their Kubernetes token: never sent to a Ray head
+        self.forward_headers = tuple(h for h in _FORWARD_REQUEST_HEADERS
+                                     if forward_authorization or h != "Authorization")
         self.timeout = aiohttp.ClientTimeout(total=timeout, connect=3.0)
         self._client: aiohttp.ClientSession | None = None
 
@@ -243,7 +254,7 @@ class LiveProxy:
         url = f"{target}/{_origin_path(request).split('/', 5)[5]}"
         if request.rel_url.raw_query_string:
             url += "?" + request.rel_url.raw_query_string
-        headers = {h: request.headers[h] for h in _FORWARD_REQUEST_HEADERS if h in request.headers}
+        headers = {h: request.headers[h] for h in self.forward_headers if h in request.headers}
         if self._client is None:
             self._client = aiohttp.ClientSession(timeout=self.timeout, auto_decompress=True)
         async with self._client.request(request.method, url, headers=headers, allow_redirects=False) as upstream:
@@ -322,7 +333,7 @@ async def mark_gone_sessions(
 
 def setup_live_proxy(
     app: web.Application, list_sessions: Callable[[], Awaitable[list[SessionInfo]]], store: Store,
-    kubernetes: bool | None = None, sweep_interval: float = 30.0,
+    kubernetes: bool | None = None, sweep_interval: float = 30.0, forward_authorization: bool = True,
 ) -> LiveProxy:
     """Route live sessions of `app` to their clusters' dashboards, and mark dead those whose cluster is gone.
 
@@ -334,7 +345,7 @@ def setup_live_proxy(
     if kubernetes and clusters is None:
         raise RuntimeError("Kubernetes access was asked for, but there is no in-cluster config and no kubeconfig")
     log.info("live sessions", extra={"kubernetes": clusters is not None})
-    proxy = LiveProxy(clusters, lookup_from_listing(list_sessions))
+    proxy = LiveProxy(clusters, lookup_from_listing(list_sessions), forward_authorization=forward_authorization)
     app.middlewares.append(proxy.middleware)
 
     async def lifetime(app: web.Application):
