@@ -28,6 +28,25 @@ OWNER_KINDS = ("RayJob", "RayService")
 FLUSH_GRACE_MARGIN = 10
 
 
+# What the server's ServiceAccount needs for --auth kubernetes, and nothing more: a TokenReview per caller's
+# token, a SubjectAccessReview per (caller, namespace). Both are create-only, cluster-scoped, and read nothing.
+SERVER_AUTH_RULES: list[Obj] = [
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+]
+# The whole rayhistory-server ClusterRole (deploy/operator/rbac.yaml holds the same; a test keeps them equal):
+# live sessions' RayClusters and head Services, and the reviews above.
+SERVER_CLUSTER_ROLE_RULES: list[Obj] = [
+    {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
+    *SERVER_AUTH_RULES,
+]
+
+
+def server_auth_rules() -> list[Obj]:
+    return copy.deepcopy(SERVER_AUTH_RULES)
+
+
 class InjectionError(ValueError):
     """The RayCluster does not have the shape injection needs; it is admitted unchanged."""
 

@@ -290,3 +290,12 @@ def test_a_foreign_ray_logs_volume_is_not_reused():
     assert mounts[config.RAY_TEMP_ROOT] == config.RAY_TEMP_VOLUME_FALLBACK
     assert {v["name"]: v for v in pod["volumes"]}[config.RAY_TEMP_VOLUME_FALLBACK] == {
         "name": config.RAY_TEMP_VOLUME_FALLBACK, "emptyDir": {}}
+
+
+def test_the_server_cluster_role_in_rbac_yaml_is_the_one_the_code_names():
+    """deploy/operator/rbac.yaml's rayhistory-server ClusterRole: exactly specs.SERVER_CLUSTER_ROLE_RULES (the live
+    proxy's reads and --auth kubernetes' TokenReview and SubjectAccessReview, create only)."""
+    docs = list(yaml.safe_load_all((Path(__file__).parents[2] / "deploy" / "operator" / "rbac.yaml").read_text()))
+    role = next(d for d in docs if d and d["kind"] == "ClusterRole" and d["metadata"]["name"] == config.SERVER_CLUSTER_ROLE)
+    assert role["rules"] == specs.SERVER_CLUSTER_ROLE_RULES
+    assert specs.server_auth_rules() == [r for r in role["rules"] if r["apiGroups"][0].endswith(".k8s.io")]
