@@ -87,6 +87,16 @@ class CollectorSpec(_Spec):
     shutdown_grace: int = 20
 
 
+class AuthSpec(_Spec):
+    """Who may read the server's sessions (docs/security.md): the server's --auth settings."""
+
+    mode: Literal["kubernetes", "off"] = "kubernetes"
+    verb: str = Field("get", pattern=r"^[a-z*]{1,63}$")
+    group: str = Field("ray.io", pattern=r"^[a-z0-9.-]{0,253}$")
+    resource: str = Field("rayclusters", pattern=r"^[a-z0-9*/-]{1,253}$")
+    cache_ttl_seconds: float = Field(30.0, ge=0, le=3600)
+
+
 class ServerSpec(_Spec):
     replicas: int = 1
     image: str = DEFAULT_IMAGE
@@ -98,6 +108,7 @@ class ServerSpec(_Spec):
     cache_max_bytes: int = 2 * 1024**3
     load_timeout: float = 120.0
     prewarm_token_secret: SecretKeyRef | None = None
+    auth: AuthSpec = Field(default_factory=AuthSpec)
 
 
 class IngressTLS(_Spec):

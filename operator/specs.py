@@ -149,6 +149,7 @@ def build_server_deployment_spec(history: Obj, spec: HistorySpec) -> Obj:
             "--cache-max-sessions", str(server.cache_max_sessions),
             "--cache-max-bytes", str(server.cache_max_bytes),
             "--load-timeout", str(server.load_timeout),
+            *_auth_args(server.auth),
         ],
         "env": env,
         "envFrom": _env_from(spec),
@@ -179,6 +180,13 @@ def build_server_deployment_spec(history: Obj, spec: HistorySpec) -> Obj:
             },
         },
     }
+
+
+def _auth_args(auth) -> list[str]:
+    if auth.mode == "off":
+        return ["--auth", "off"]
+    return ["--auth", "kubernetes", "--auth-verb", auth.verb, "--auth-group", auth.group,
+            "--auth-resource", auth.resource, "--auth-cache-ttl-s", str(auth.cache_ttl_seconds)]
 
 
 def build_server_service_spec(history: Obj) -> Obj:

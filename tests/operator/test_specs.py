@@ -299,3 +299,24 @@ def test_the_server_cluster_role_in_rbac_yaml_is_the_one_the_code_names():
     role = next(d for d in docs if d and d["kind"] == "ClusterRole" and d["metadata"]["name"] == config.SERVER_CLUSTER_ROLE)
     assert role["rules"] == specs.SERVER_CLUSTER_ROLE_RULES
     assert specs.server_auth_rules() == [r for r in role["rules"] if r["apiGroups"][0].endswith(".k8s.io")]
+
+
+def test_servers_are_deployed_with_kubernetes_auth_and_the_crd_settings():
+    from rayhistory.cli import build_parser
+    from rayhistory.config import settings_from_args
+    from rayhistory.server.main import Settings as ServerSettings
+
+    def server_settings(server: dict) -> ServerSettings:
+        h = history({"storage": {"url": "s3://b/p"}, "server": server})
+        args = specs.build_server_deployment_spec(h, parse_spec(h["spec"]))["spec"]["template"]["spec"]["containers"][0]["args"]
+        return settings_from_args(ServerSettings, build_parser("server").parse_args(args))
+
+    default = server_settings({})
+    assert (default.auth, default.auth_verb, default.auth_group, default.auth_resource, default.auth_cache_ttl_s) == \
+        ("kubernetes", "get", "ray.io", "rayclusters", 30.0)
+    custom = server_settings({"auth": {"verb": "list", "group": "", "resource": "pods", "cacheTtlSeconds": 5}})
+    assert (custom.auth_verb, custom.auth_group, custom.auth_resource, custom.auth_cache_ttl_s) == \
+        ("list", "", "pods", 5.0)
+    assert server_settings({"auth": {"mode": "off"}}).auth == "off"
+    with pytest.raises(ValueError):
+        parse_spec({"storage": {"url": "s3://b"}, "server": {"auth": {"verb": "get --auth off"}}})
