@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import ipaddress
 import json
 import logging
 import re
@@ -170,6 +171,56 @@ def access_from_review(review: dict[str, Any]) -> Access:
     return Access(allowed=bool(status.get("allowed")) and not status.get("denied"), reason=reason)
 
 
+_HEADER_NAME = re.compile(r"[\x21-\x7e]{1,256}")
+
+
+@dataclass(frozen=True)
+class TrustedProxy:
+    """A fronting proxy (oauth2-proxy style) whose identity headers are believed, from its addresses only.
+    mode access-token: its X-Forwarded-Access-Token is verified with a TokenReview like any bearer token;
+    mode user-headers: its X-Forwarded-User / X-Forwarded-Groups are the identity as they are (the proxy
+    authenticated the user; it must drop those headers from what clients send)."""
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    mode: Literal["access-token", "user-headers"] = "access-token"
+
+    @classmethod
+    def parse(cls, addresses: Iterable[str], mode: str = "access-token") -> TrustedProxy | None:
+        networks = tuple(ipaddress.ip_network(a.strip(), strict=False) for a in addresses if a.strip())
+        return cls(networks, mode) if networks else None  # type: ignore[arg-type]
+
+    def trusts(self, remote: str | None) -> bool:
+        try:
+            address = ipaddress.ip_address((remote or "").strip("[]"))
+        except ValueError:
+            return False
+        return any(address in net for net in self.networks)
+
+
+def proxy_identity(proxy: TrustedProxy, headers) -> Identity | tuple[str, str] | None:
+    """What a trusted proxy's headers say (pure): an Identity (user-headers), (token, "proxy") to review
+    (access-token), or None when it sent neither (the request's own bearer token, if any, applies)."""
+    if proxy.mode == "access-token":
+        token = headers.get("X-Forwarded-Access-Token")
+        if token is None:
+            return None
+        if _TOKEN.fullmatch(token) is None:
+            raise unauthenticated("X-Forwarded-Access-Token is not a token (printable ASCII, at most 8 KiB)")
+        return token, "proxy"
+    user = headers.get("X-Forwarded-User")
+    if user is None:
+        return None
+    if _HEADER_NAME.fullmatch(user) is None:
+        raise unauthenticated("X-Forwarded-User must be 1-256 printable ASCII characters")
+    groups = tuple(g.strip() for g in headers.get("X-Forwarded-Groups", "").split(",") if g.strip())
+    if len(groups) > 256 or any(_HEADER_NAME.fullmatch(g) is None for g in groups):
+        raise unauthenticated("X-Forwarded-Groups must be at most 256 comma-separated printable ASCII names")
+    if user.startswith("system:") or any(g.startswith("system:") for g in groups):
+        # a proxy's users are people: never let its headers claim Kubernetes' own identities (system:masters)
+        raise unauthenticated("a fronting proxy may not assert system: users or groups")
+    return Identity(user=user, groups=groups, via="proxy-headers")
+
+
 Requirement = tuple[Literal["none", "identity", "namespace"], str]
 
 
@@ -298,6 +349,7 @@ class Authorizer:
     permission: Permission = field(default_factory=Permission)
     ttl: float = 30.0
     audiences: tuple[str, ...] = ()
+    proxy: TrustedProxy | None = None
 
     def __post_init__(self) -> None:
         self.identities = TTLSingleflight(self.ttl)
@@ -349,6 +401,12 @@ class Authorizer:
         await self._audited.get((identity.key(), session), once)
 
     async def authenticate(self, request: web.Request) -> Identity:
+        if self.proxy is not None and self.proxy.trusts(request.remote):
+            said = proxy_identity(self.proxy, request.headers)
+            if isinstance(said, Identity):
+                return said
+            if said is not None:
+                return await self.identify(*said)
         given = bearer_token(request.headers.get("Authorization"), request.cookies.get(COOKIE))
         if given is None:
             raise unauthenticated("no credentials: send 'Authorization: Bearer <token>' or log in")
@@ -497,9 +555,12 @@ def setup_auth(app: web.Application, settings: Settings, reviewer: Any | None = 
                                "there are none")
         reviewer = KubernetesReviewer(api_client, settings.auth_review_timeout_s)
     authorizer = Authorizer(reviewer, Permission(settings.auth_verb, settings.auth_group, settings.auth_resource),
-                            ttl=settings.auth_cache_ttl_s, audiences=tuple(settings.auth_token_audiences))
+                            ttl=settings.auth_cache_ttl_s, audiences=tuple(settings.auth_token_audiences),
+                            proxy=TrustedProxy.parse(settings.auth_trusted_proxies, settings.auth_proxy_identity))
     app.middlewares.append(authorizer.middleware())
     add_login_routes(app, authorizer)
-    log.info("authentication by Kubernetes", extra={"permission": authorizer.permission.describe("<session's>"),
-                                                    "cache_ttl_s": authorizer.ttl})
+    log.info("authentication by Kubernetes", extra={
+        "permission": authorizer.permission.describe("<session's>"), "cache_ttl_s": authorizer.ttl,
+        "trusted_proxies": [str(n) for n in authorizer.proxy.networks] if authorizer.proxy else [],
+        "proxy_identity": authorizer.proxy.mode if authorizer.proxy else ""})
     return authorizer

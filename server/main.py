@@ -74,6 +74,15 @@ class Settings(CommonSettings):
         default_factory=list, description="--auth kubernetes: audiences the TokenReview asks for (JSON list; "
         "empty: the API server's own)",
     )
+    auth_trusted_proxies: list[str] = Field(
+        default_factory=list, description="--auth kubernetes: addresses or CIDRs (JSON list) of a fronting proxy "
+        "(oauth2-proxy style) whose identity headers are believed; from anywhere else they are ignored",
+    )
+    auth_proxy_identity: Literal["access-token", "user-headers"] = Field(
+        "access-token", description="--auth kubernetes, from a trusted proxy: access-token (its "
+        "X-Forwarded-Access-Token, verified with TokenReview) or user-headers (its X-Forwarded-User and "
+        "X-Forwarded-Groups, believed as they are)",
+    )
 
 
 class InsecureInternalPort(RuntimeError):

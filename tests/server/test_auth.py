@@ -187,3 +187,39 @@ async def test_auth_off_is_the_default_and_warns(tmp_path, caplog):
         async with client.get(f"/s/{ref.tail}/api/v0/tasks") as resp:
             assert resp.status == 200
     assert any("authentication is off" in r.getMessage() for r in caplog.records)
+
+
+# ---- a trusted fronting proxy ------------------------------------------------------------------------
+
+def test_proxy_headers_are_bounded_and_never_claim_system_identities():
+    proxy = auth.TrustedProxy.parse(["127.0.0.1"], "user-headers")
+    assert proxy.trusts("127.0.0.1") and not proxy.trusts("127.0.0.2") and not proxy.trusts(None)
+    said = auth.proxy_identity(proxy, {"X-Forwarded-User": "alice", "X-Forwarded-Groups": "a, b"})
+    assert (said.user, said.groups) == ("alice", ("a", "b"))
+    assert auth.proxy_identity(proxy, {}) is None
+    for headers in ({"X-Forwarded-User": "alice", "X-Forwarded-Groups": "system:masters"},
+                    {"X-Forwarded-User": "system:admin"}, {"X-Forwarded-User": "a" * 300}):
+        with pytest.raises(auth.AuthFailure):
+            auth.proxy_identity(proxy, headers)
+    tokens = auth.TrustedProxy.parse(["10.0.0.0/8", "::1"])
+    assert tokens.trusts("10.1.2.3") and tokens.trusts("::1")
+    assert auth.proxy_identity(tokens, {"X-Forwarded-Access-Token": "t"}) == ("t", "proxy")
+    assert auth.proxy_identity(tokens, {"X-Forwarded-User": "alice"}) is None  # not believed in this mode
+
+
+async def test_proxy_identity_counts_only_from_the_configured_addresses(two_namespaces):
+    store, reviewer, a, b = two_namespaces
+    as_alice = {"X-Forwarded-User": "alice"}
+    for trusted, status in ((["127.0.0.0/8"], 200), (["10.0.0.0/8"], 401)):
+        async with running_server(store, auth="kubernetes", kubernetes="off", reviewer=reviewer,
+                                  auth_trusted_proxies=trusted, auth_proxy_identity="user-headers") as (client, _, _s):
+            async with client.get(f"/s/{a.tail}/api/v0/tasks", headers=as_alice) as resp:
+                assert resp.status == status, trusted
+            async with client.get(f"/s/{b.tail}/api/v0/tasks", headers=as_alice) as resp:
+                assert resp.status == (403 if status == 200 else 401)
+    async with running_server(store, auth="kubernetes", kubernetes="off", reviewer=reviewer,
+                              auth_trusted_proxies=["127.0.0.1"]) as (client, _, _s):
+        async with client.get(f"/s/{b.tail}/api/v0/tasks", headers={"X-Forwarded-Access-Token": "tb"}) as resp:
+            assert resp.status == 200
+        async with client.get(f"/s/{b.tail}/api/v0/tasks", headers={"X-Forwarded-Access-Token": "bad"}) as resp:
+            assert resp.status == 401

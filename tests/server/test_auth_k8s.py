@@ -151,3 +151,23 @@ async def test_server_credentials_without_the_review_rbac_are_503(sessions, k8s:
         async with client.get(f"/s/{a.tail}/api/v0/tasks", headers=bearer("alice")) as resp:
             assert resp.status == 503
             assert "tokenreviews" in (await resp.json())["msg"]
+
+
+async def test_a_trusted_proxy_s_user_headers_and_access_token(sessions, server_kubeconfig, monkeypatch):
+    store, a, b = sessions
+    monkeypatch.setenv("KUBECONFIG", str(server_kubeconfig))
+    async with running_server(store, auth="kubernetes", kubernetes="off", auth_trusted_proxies=["127.0.0.1"],
+                              auth_proxy_identity="user-headers") as (client, _, _s):
+        # bob by his group only: the group reaches the SubjectAccessReview
+        headers = {"X-Forwarded-User": "someone-in-b", "X-Forwarded-Groups": "team-b-devs"}
+        async with client.get("/clusters", headers=headers) as resp:
+            assert [s["namespace"] for s in (await resp.json())["sessions"]] == [NS_B]
+        async with client.get(f"/s/{a.tail}/api/v0/tasks", headers=headers) as resp:
+            assert resp.status == 403
+    async with running_server(store, auth="kubernetes", kubernetes="off",
+                              auth_trusted_proxies=["127.0.0.1"]) as (client, _, _s):
+        async with client.get(f"/s/{a.tail}/api/v0/tasks",
+                              headers={"X-Forwarded-Access-Token": USERS["alice"][0]}) as resp:
+            assert resp.status == 200
+        async with client.get(f"/s/{a.tail}/api/v0/tasks", headers={"X-Forwarded-Access-Token": "forged"}) as resp:
+            assert resp.status == 401
