@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import asyncio
 from aiohttp import web
 
-from rayhistory import layout
+from rayhistory import layout, ray_token
 from rayhistory.compression import InflateLimits
 from rayhistory.index import SessionIndex
 from rayhistory.layout import SessionRef
@@ -174,6 +174,7 @@ def create_app(settings: Settings, store: Store | None = None,
         public, state.directory.current, store=state.store,
         kubernetes={"auto": None, "on": True, "off": False}[settings.kubernetes],
         forward_authorization=authorizer is None,
+        ray_token=lambda: ray_token.resolve_token(settings.ray_auth_token.get_secret_value(), settings.ray_auth_token_path),
     )
     routes.add_internal_routes(internal, state)
     public.cleanup_ctx.append(state.lifetime)

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
+from rayhistory import ray_token
 from rayhistory.index import SessionInfo, mark_dead
 from rayhistory.layout import SessionRef
 from rayhistory.store import Store
@@ -203,9 +204,11 @@ class LiveProxy:
     """Routes requests under /s/{namespace}/{cluster}/{session}/ to a live dashboard or to storage."""
 
     def __init__(self, clusters: KubernetesClusters | None, lookup: SessionLookup, timeout: float = 30.0,
-                 forward_authorization: bool = True):
+                 forward_authorization: bool = True, ray_token: Callable[[], str | None] | None = None):
         self.clusters = clusters
         self.lookup = lookup
+        # Ray's own token auth (rayhistory.ray_token): a token-mode head answers 401 without it
+        self.ray_token = ray_token or (lambda: None)
         # with --auth kubernetes the caller's Authorization is their Kubernetes token: never sent to a Ray head
         self.forward_headers = tuple(h for h in _FORWARD_REQUEST_HEADERS
                                      if forward_authorization or h != "Authorization")
@@ -241,6 +244,12 @@ class LiveProxy:
                 log.info("live dashboard unreachable; serving from storage",
                          extra={"session": ref.tail, "error": f"{type(exc).__name__}: {exc}"})
                 route = Route("storage", incomplete="live dashboard unreachable")
+            except RayTokenRefused as exc:
+                log.warning("the live dashboard refused this server's Ray token (or wants one: RAY_AUTH_MODE=token); "
+                            "serving from storage", extra={"session": ref.tail, "status": exc.status,
+                                                           "token_sent": exc.token_sent})
+                route = Route("storage", incomplete="the live dashboard wants Ray's token (RAY_AUTH_MODE=token), "
+                                                    "which this server does not have")
         elif route.kind == "proxy":
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
         response = await handler(request)
@@ -255,9 +264,16 @@ class LiveProxy:
         if request.rel_url.raw_query_string:
             url += "?" + request.rel_url.raw_query_string
         headers = {h: request.headers[h] for h in self.forward_headers if h in request.headers}
+        try:
+            headers.update(ray_token.headers(self.ray_token()))
+        except ray_token.RayTokenError as exc:
+            log.warning("no Ray token for the live dashboard", extra={"error": str(exc)})
         if self._client is None:
             self._client = aiohttp.ClientSession(timeout=self.timeout, auto_decompress=True)
         async with self._client.request(request.method, url, headers=headers, allow_redirects=False) as upstream:
+            if upstream.status in (401, 403) and "Authorization" not in headers:
+                # Ray's token auth, not the caller's: the history in storage is better than Ray's refusal
+                raise RayTokenRefused(upstream.status, ray_token.HEADER in headers)
             response = web.StreamResponse(status=upstream.status)
             for name in _FORWARD_RESPONSE_HEADERS:
                 if name in upstream.headers:
@@ -276,6 +292,13 @@ class LiveProxy:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+class RayTokenRefused(Exception):
+    def __init__(self, status: int, token_sent: bool):
+        super().__init__(status)
+        self.status = status
+        self.token_sent = token_sent
 
 
 def _origin_path(request: web.Request) -> str:
@@ -334,6 +357,7 @@ async def mark_gone_sessions(
 def setup_live_proxy(
     app: web.Application, list_sessions: Callable[[], Awaitable[list[SessionInfo]]], store: Store,
     kubernetes: bool | None = None, sweep_interval: float = 30.0, forward_authorization: bool = True,
+    ray_token: Callable[[], str | None] | None = None,
 ) -> LiveProxy:
     """Route live sessions of `app` to their clusters' dashboards, and mark dead those whose cluster is gone.
 
@@ -345,7 +369,8 @@ def setup_live_proxy(
     if kubernetes and clusters is None:
         raise RuntimeError("Kubernetes access was asked for, but there is no in-cluster config and no kubeconfig")
     log.info("live sessions", extra={"kubernetes": clusters is not None})
-    proxy = LiveProxy(clusters, lookup_from_listing(list_sessions), forward_authorization=forward_authorization)
+    proxy = LiveProxy(clusters, lookup_from_listing(list_sessions), forward_authorization=forward_authorization,
+                      ray_token=ray_token)
     app.middlewares.append(proxy.middleware)
 
     async def lifetime(app: web.Application):

@@ -54,6 +54,11 @@ class Settings(CommonSettings):
         "auto", description="use Kubernetes to find live clusters' dashboards and gone clusters: auto (in-cluster "
         "credentials or KUBECONFIG when present), on (required), off (storage and mark-dead decide)",
     )
+    ray_auth_token: SecretStr = Field(
+        SecretStr(""), description="Ray's dashboard token the live proxy sends to token-mode heads "
+        "(RAY_AUTH_MODE=token); empty: the token file, then RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH",
+    )
+    ray_auth_token_path: str = Field("", description="file holding Ray's dashboard token (read on every use)")
     auth: Literal["off", "kubernetes"] = Field(
         "off", description="who may see what (docs/security.md): kubernetes (a bearer token or the /login cookie, "
         "verified with TokenReview; each session's namespace checked with a SubjectAccessReview) or off (anyone "

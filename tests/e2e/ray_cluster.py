@@ -112,11 +112,11 @@ class RayCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def _wait_http(url: str, timeout_s: float) -> None:
+def _wait_http(url: str, timeout_s: float, headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -149,7 +149,10 @@ def start(env: dict[str, str] | None = None, num_cpus: int = 2, temp_dir: str | 
         cluster.start_output = done.stdout + done.stderr
         if done.returncode != 0:
             raise RuntimeError(f"ray start failed ({done.returncode}):\n{cluster.start_output[-4000:]}")
-        _wait_http(cluster.dashboard_url + "/api/version", timeout_s)
+        # a head in token mode (RAY_AUTH_MODE=token) answers 401 to a call without Ray's token
+        token = cluster.env.get("RAY_AUTH_TOKEN")
+        _wait_http(cluster.dashboard_url + "/api/version", timeout_s,
+                   {"X-Ray-Authorization": f"Bearer {token}"} if token else None)
         sessions = [p for p in temp.iterdir() if p.name.startswith("session_2") and not p.is_symlink()]
         cluster.session_dir = max(sessions)
     except BaseException:
