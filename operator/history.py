@@ -6,10 +6,12 @@ that (an older stored object, a test API without defaulting) and gives one typed
 
 from __future__ import annotations
 
+import ipaddress
+
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 DEFAULT_IMAGE = "ghcr.io/rayhistory/rayhistory:0.1.0"
@@ -95,6 +97,16 @@ class AuthSpec(_Spec):
     group: str = Field("ray.io", pattern=r"^[a-z0-9.-]{0,253}$")
     resource: str = Field("rayclusters", pattern=r"^[a-z0-9*/-]{1,253}$")
     cache_ttl_seconds: float = Field(30.0, ge=0, le=3600)
+    # a fronting proxy (oauth2-proxy style) whose identity headers count, from these addresses/CIDRs only
+    trusted_proxies: list[str] = Field(default_factory=list)
+    proxy_identity: Literal["access-token", "user-headers"] = "access-token"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad one
+        return value
 
 
 class ServerSpec(_Spec):

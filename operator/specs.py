@@ -185,8 +185,11 @@ def build_server_deployment_spec(history: Obj, spec: HistorySpec) -> Obj:
 def _auth_args(auth) -> list[str]:
     if auth.mode == "off":
         return ["--auth", "off"]
-    return ["--auth", "kubernetes", "--auth-verb", auth.verb, "--auth-group", auth.group,
+    args = ["--auth", "kubernetes", "--auth-verb", auth.verb, "--auth-group", auth.group,
             "--auth-resource", auth.resource, "--auth-cache-ttl-s", str(auth.cache_ttl_seconds)]
+    if auth.trusted_proxies:
+        args += ["--auth-trusted-proxies", json.dumps(auth.trusted_proxies), "--auth-proxy-identity", auth.proxy_identity]
+    return args
 
 
 def build_server_service_spec(history: Obj) -> Obj:

@@ -320,3 +320,17 @@ def test_servers_are_deployed_with_kubernetes_auth_and_the_crd_settings():
     assert server_settings({"auth": {"mode": "off"}}).auth == "off"
     with pytest.raises(ValueError):
         parse_spec({"storage": {"url": "s3://b"}, "server": {"auth": {"verb": "get --auth off"}}})
+
+
+def test_a_trusted_proxy_reaches_the_server_settings():
+    from rayhistory.cli import build_parser
+    from rayhistory.config import settings_from_args
+    from rayhistory.server.main import Settings as ServerSettings
+
+    h = history({"storage": {"url": "s3://b/p"}, "server": {"auth": {"trustedProxies": ["10.0.0.0/8", "::1"],
+                                                                      "proxyIdentity": "user-headers"}}})
+    args = specs.build_server_deployment_spec(h, parse_spec(h["spec"]))["spec"]["template"]["spec"]["containers"][0]["args"]
+    settings = settings_from_args(ServerSettings, build_parser("server").parse_args(args))
+    assert (settings.auth_trusted_proxies, settings.auth_proxy_identity) == (["10.0.0.0/8", "::1"], "user-headers")
+    with pytest.raises(ValueError):
+        parse_spec({"storage": {"url": "s3://b"}, "server": {"auth": {"trustedProxies": ["not-an-address"]}}})
