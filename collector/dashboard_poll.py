@@ -123,6 +123,7 @@ class DashboardPoller:
             session = session_of_version_answer(body) if status == 200 else None
             if session is None:
                 if status in (401, 403):
+                    self.metrics.endpoint_polls.labels("version", f"status_{status}").inc()
                     log.warning("the dashboard wants Ray's token (RAY_AUTH_MODE=token): set RAY_AUTH_TOKEN or "
                                 "--ray-auth-token(-path) on the collector", extra={"status": status,
                                                                                    "token_sent": bool(auth)})

@@ -52,8 +52,10 @@ def test_the_head_really_wants_the_token(head):
 
 async def test_the_head_poller_sends_ray_s_token(head, tmp_path):
     store = Store(f"file://{tmp_path}/store")
-    without = DashboardPoller(head.dashboard_url, store, "ray", "tok", "w1", CollectorMetrics())
+    metrics = CollectorMetrics()
+    without = DashboardPoller(head.dashboard_url, store, "ray", "tok", "w1", metrics)
     assert not await without.poll_once()
+    assert metrics.endpoint_polls.labels("version", "status_401")._value.get() == 1
     wrong = DashboardPoller(head.dashboard_url, store, "ray", "tok", "w1", CollectorMetrics(), ray_token=lambda: "x" * 64)
     assert not await wrong.poll_once()
     token_file = tmp_path / "token"
