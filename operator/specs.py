@@ -323,6 +323,24 @@ def build_collector_container(
     return container
 
 
+RAY_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def ray_auth_token_of(ray: Obj) -> tuple[list[Obj], list[Obj]]:
+    """Ray's token auth as the Ray container has it (RAY_AUTH_MODE=token; the token from RAY_AUTH_TOKEN, often a
+    secretKeyRef, or a file at RAY_AUTH_TOKEN_PATH on a mounted Secret): the same env entries for the collector,
+    and read-only copies of the mounts holding that file. (KubeRay 1.5 sets none of these itself.)"""
+    env = [copy.deepcopy(e) for e in ray.get("env") or [] if isinstance(e, dict) and e.get("name") in RAY_AUTH_ENV]
+    path = next((e.get("value") for e in env if e.get("name") == "RAY_AUTH_TOKEN_PATH"), None)
+    mounts = []
+    if isinstance(path, str) and path:
+        for m in ray.get("volumeMounts") or []:
+            root = str(m.get("mountPath", "")).rstrip("/")
+            if isinstance(m, dict) and root and (path == root or path.startswith(root + "/")):
+                mounts.append({k: v for k, v in m.items() if k in ("name", "mountPath", "subPath")} | {"readOnly": True})
+    return env, mounts
+
+
 def _inject_pod_template(
     template: Any, spec: HistorySpec, cluster_name: str, namespace: str, owner: tuple[str, str], is_head: bool,
     where: str,
@@ -359,7 +377,12 @@ def _inject_pod_template(
         raise InjectionError(f"{where}: the Ray container's env must be a list")
     present = {e.get("name") for e in env if isinstance(e, dict)}
     env.extend({"name": k, "value": v} for k, v in RAY_EVENT_ENV.items() if k not in present)  # user's value wins
-    containers.append(build_collector_container(spec, cluster_name, namespace, owner, is_head, volume))
+    collector = build_collector_container(spec, cluster_name, namespace, owner, is_head, volume)
+    if is_head:  # Ray's token auth: the head poller needs the token the Ray container has
+        token_env, token_mounts = ray_auth_token_of(ray)
+        collector["env"].extend(token_env)
+        collector["volumeMounts"].extend(token_mounts)
+    containers.append(collector)
     grace = spec.collector.shutdown_grace + FLUSH_GRACE_MARGIN
     pod_spec["terminationGracePeriodSeconds"] = max(int(pod_spec.get("terminationGracePeriodSeconds") or 30), grace)
     return pod

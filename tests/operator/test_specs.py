@@ -334,3 +334,26 @@ def test_a_trusted_proxy_reaches_the_server_settings():
     assert (settings.auth_trusted_proxies, settings.auth_proxy_identity) == (["10.0.0.0/8", "::1"], "user-headers")
     with pytest.raises(ValueError):
         parse_spec({"storage": {"url": "s3://b"}, "server": {"auth": {"trustedProxies": ["not-an-address"]}}})
+
+
+def test_the_head_collector_gets_ray_s_token_as_the_ray_container_has_it():
+    cluster = example_cluster()
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    ray = head["containers"][0]
+    ray.setdefault("env", []).extend([
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "ray-token", "key": "token"}}},
+        {"name": "RAY_AUTH_TOKEN_PATH", "value": "/etc/ray-token/token"},
+    ])
+    ray.setdefault("volumeMounts", []).append({"name": "ray-token", "mountPath": "/etc/ray-token"})
+    head.setdefault("volumes", []).append({"name": "ray-token", "secret": {"secretName": "ray-token"}})
+    patch, _ = admission_patch(cluster, [history()])
+    collector = containers(patch["spec"]["headGroupSpec"]["template"])[config.COLLECTOR_CONTAINER]
+    env = {e["name"]: e for e in collector["env"]}
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "ray-token", "key": "token"}}
+    assert env["RAY_AUTH_TOKEN_PATH"]["value"] == "/etc/ray-token/token"
+    assert {"name": "ray-token", "mountPath": "/etc/ray-token", "readOnly": True} in collector["volumeMounts"]
+    # workers do not poll: nothing of the token goes there
+    for group in patch["spec"].get("workerGroupSpecs") or []:
+        worker = containers(group["template"])[config.COLLECTOR_CONTAINER]
+        assert not {e["name"] for e in worker["env"]} & set(specs.RAY_AUTH_ENV)
