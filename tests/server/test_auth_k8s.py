@@ -11,7 +11,7 @@ import pytest
 
 from rayhistory.store import Store
 from tests.conftest import free_port
-from tests.k8s.cluster import USERS, Cluster, write_kubeconfig
+from tests.k8s.cluster import USERS, Cluster, running_cluster, write_kubeconfig
 from tests.server.fixture_store import fixture_ref, log_files, running_server, write_fixture_session
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
@@ -47,6 +47,10 @@ def viewer_grant(namespace: str, subject: dict) -> list[dict]:
 @pytest.fixture(scope="module")
 def server_kubeconfig(k8s: Cluster):
     """A kubeconfig with the token of a ServiceAccount that holds only the server's auth ClusterRole."""
+    return server_identity(k8s)
+
+
+def server_identity(k8s: Cluster):
     for ns in (NS_A, NS_B, SERVER_NS):
         if k8s.get("namespace", ns) is None:
             k8s.kubectl("create", "namespace", ns)
@@ -171,3 +175,20 @@ async def test_a_trusted_proxy_s_user_headers_and_access_token(sessions, server_
             assert resp.status == 200
         async with client.get(f"/s/{a.tail}/api/v0/tasks", headers={"X-Forwarded-Access-Token": "forged"}) as resp:
             assert resp.status == 401
+
+
+async def test_the_api_server_stopped_is_503(sessions, tmp_path, monkeypatch):
+    """A control plane of its own (the shared one keeps running): up, alice reads her session; the API server
+    stopped, every check is a 503, with no decision cached (TTL 0) to hide it."""
+    store, a, _ = sessions
+    with running_cluster(tmp_path / "k8s", with_kuberay=False) as own:
+        monkeypatch.setenv("KUBECONFIG", str(server_identity(own)))
+        async with running_server(store, auth="kubernetes", kubernetes="off", auth_cache_ttl_s=0,
+                                  auth_review_timeout_s=2) as (client, _, _s):
+            async with client.get(f"/s/{a.tail}/api/v0/tasks", headers=bearer("alice")) as resp:
+                assert resp.status == 200, await resp.text()
+            own.processes["kube-apiserver"].stop()
+            for path in ("/clusters", f"/s/{a.tail}/api/v0/tasks", f"/s/{a.tail}/api/v0/tasks/timeline"):
+                async with client.get(path, headers=bearer("alice")) as resp:
+                    assert resp.status == 503, path
+                    assert "could not be reached" in (await resp.json())["msg"]
