@@ -12,6 +12,7 @@ import pytest
 from rayhistory.store import Store
 from tests.conftest import free_port
 from tests.k8s.cluster import USERS, Cluster, running_cluster, write_kubeconfig
+from tests.e2e.browser import browser  # noqa: F401 - the Chromium fixture
 from tests.server.fixture_store import fixture_ref, log_files, running_server, write_fixture_session
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
@@ -192,3 +193,36 @@ async def test_the_api_server_stopped_is_503(sessions, tmp_path, monkeypatch):
                 async with client.get(path, headers=bearer("alice")) as resp:
                     assert resp.status == 503, path
                     assert "could not be reached" in (await resp.json())["msg"]
+
+
+async def test_the_picker_and_the_dashboard_work_in_a_browser_after_login(sessions, server_kubeconfig, monkeypatch,
+                                                                          browser):
+    """Chromium: the picker sends a browser without credentials to /login; after alice pastes her token the
+    picker lists only her namespace's session, its dashboard renders, and bob's session is a 403 page that
+    names the permission. Screenshots: test-output/screenshots/auth-*.png."""
+    from tests.e2e import browser as ui
+
+    store, a, b = sessions
+    monkeypatch.setenv("KUBECONFIG", str(server_kubeconfig))
+    async with ui.running_server(store.url, auth="kubernetes", kubernetes="off") as base:
+        page = await browser.new_page()
+        async with ui.screenshot_on_failure(page, "auth-login"):
+            await page.goto(base)
+            await page.wait_for_url(base + "login?next=")
+            await ui.shot(page, "auth-login")
+            await page.fill("textarea[name=token]", USERS["alice"][0])
+            await page.get_by_role("button", name="Log in").click()
+            await page.wait_for_url(base)
+            rows = page.locator("tr.session")
+            await rows.first.wait_for()
+            assert await rows.count() == 1
+            assert NS_A in await rows.first.inner_text()
+            await ui.shot(page, "auth-picker-after-login")
+            await rows.first.get_by_role("link", name=a.session).click()
+            await page.wait_for_url(ui.session_url(base, a) + "#/overview")
+            await page.get_by_text("Cluster status and autoscaler").first.wait_for()
+            await ui.shot(page, "auth-dashboard-after-login")
+            answer = await page.goto(ui.session_url(base, b))
+            assert answer.status == 403
+            await page.get_by_text(f"get rayclusters.ray.io in namespace {NS_B}").first.wait_for()
+            await ui.shot(page, "auth-forbidden")
