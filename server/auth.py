@@ -435,7 +435,13 @@ class Authorizer:
                 return failure_response(request, exc)
             request[IDENTITY_KEY] = identity
             request[VISIBLE_KEY] = lambda sessions: self.visible(identity, sessions)
-            return await handler(request)
+            try:
+                return await handler(request)
+            except AuthFailure as exc:  # a review the handler needed (/clusters' namespaces) failed
+                audit.warning("access refused", extra={
+                    "user": identity.user, "status": exc.status, "reason": exc.reason, "path": request.path,
+                    "remote": request.remote})
+                return failure_response(request, exc)
 
         return middleware
 

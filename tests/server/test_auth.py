@@ -24,6 +24,7 @@ class ScriptedReviewer:
         self.tokens = tokens
         self.grants = grants
         self.down = False
+        self.access_down = False
         self.token_reviews = 0
         self.access_reviews = 0
         self.delay = 0.0
@@ -41,7 +42,7 @@ class ScriptedReviewer:
     async def review_access(self, identity, permission, namespace):
         self.access_reviews += 1
         await asyncio.sleep(self.delay)
-        if self.down:
+        if self.down or self.access_down:
             raise auth.unavailable("SubjectAccessReview unavailable")
         assert (permission.verb, permission.group, permission.resource) == ("get", "ray.io", "rayclusters")
         return {"status": {"allowed": namespace in self.grants.get(identity.user, set())}}
@@ -158,6 +159,10 @@ async def test_no_or_bad_token_is_401_and_unreachable_reviews_are_503(two_namesp
                 assert resp.status == 503, path
                 assert resp.headers["Retry-After"]
         reviewer.down = False  # never cached: the next request reviews again
+        reviewer.access_down = True  # the token passes, the list's namespace reviews fail: still 503, never open
+        async with client.get("/clusters", headers=bearer("tb")) as resp:
+            assert resp.status == 503
+        reviewer.access_down = False
         async with client.get(f"/s/{a.tail}/api/v0/tasks", headers=bearer("ta")) as resp:
             assert resp.status == 200
 
