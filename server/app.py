@@ -166,7 +166,7 @@ def create_app(settings: Settings, store: Store | None = None,
     public[STATE_KEY] = state
     internal[STATE_KEY] = state
     # before the live proxy's middleware: live sessions are checked like any other (auth.py)
-    authorizer = auth.setup_auth(public, settings, reviewer)
+    authorizer = auth.setup_auth(public, settings, reviewer, state.metrics)
     routes.add_public_routes(public, state)
     ui.setup_ui(public, settings.dashboard_dir or None, state.load_state, routes.STATUS_PATH)
     # live sessions go to their cluster's own dashboard when Kubernetes says where it is (live_proxy.py)

@@ -350,6 +350,15 @@ class Authorizer:
     ttl: float = 30.0
     audiences: tuple[str, ...] = ()
     proxy: TrustedProxy | None = None
+    metrics: Any = None  # ServerMetrics: auth_reviews, auth_refusals
+
+    def _count(self, review: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.auth_reviews.labels(review, result).inc()
+
+    def _refused(self, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.auth_refusals.labels(str(status)).inc()
 
     def __post_init__(self) -> None:
         self.identities = TTLSingleflight(self.ttl)
@@ -360,7 +369,13 @@ class Authorizer:
         key = hashlib.sha256(token.encode()).digest()
 
         async def review() -> Identity:
-            return identity_from_review(await self.reviewer.review_token(token, self.audiences), via)
+            try:
+                identity = identity_from_review(await self.reviewer.review_token(token, self.audiences), via)
+            except AuthFailure as exc:
+                self._count("token", "rejected" if exc.status == 401 else "unavailable")
+                raise
+            self._count("token", "ok")
+            return identity
 
         identity = await self.identities.get(key, review)
         return identity if identity.via == via else Identity(identity.user, identity.uid, identity.groups,
@@ -368,7 +383,13 @@ class Authorizer:
 
     async def may(self, identity: Identity, namespace: str) -> Access:
         async def review() -> Access:
-            return access_from_review(await self.reviewer.review_access(identity, self.permission, namespace))
+            try:
+                access = access_from_review(await self.reviewer.review_access(identity, self.permission, namespace))
+            except AuthFailure:
+                self._count("access", "unavailable")
+                raise
+            self._count("access", "allowed" if access.allowed else "denied")
+            return access
 
         return await self.access.get((identity.key(), namespace), review)
 
@@ -432,6 +453,7 @@ class Authorizer:
                 audit.warning("access refused", extra={
                     "user": identity.user if identity else "", "status": exc.status, "reason": exc.reason,
                     "path": request.path, "remote": request.remote})
+                self._refused(exc.status)
                 return failure_response(request, exc)
             request[IDENTITY_KEY] = identity
             request[VISIBLE_KEY] = lambda sessions: self.visible(identity, sessions)
@@ -441,6 +463,7 @@ class Authorizer:
                 audit.warning("access refused", extra={
                     "user": identity.user, "status": exc.status, "reason": exc.reason, "path": request.path,
                     "remote": request.remote})
+                self._refused(exc.status)
                 return failure_response(request, exc)
 
         return middleware
@@ -545,7 +568,8 @@ def add_login_routes(app: web.Application, authorizer: Authorizer) -> None:
     app.router.add_post("/logout", logout)
 
 
-def setup_auth(app: web.Application, settings: Settings, reviewer: Any | None = None) -> Authorizer | None:
+def setup_auth(app: web.Application, settings: Settings, reviewer: Any | None = None,
+               metrics: Any = None) -> Authorizer | None:
     """Put `settings.auth` in force on the public app: returns the Authorizer (None for `--auth off`). The middleware
     must run before the live proxy's: call this before setup_live_proxy."""
     if settings.auth == "off":
@@ -562,7 +586,8 @@ def setup_auth(app: web.Application, settings: Settings, reviewer: Any | None = 
         reviewer = KubernetesReviewer(api_client, settings.auth_review_timeout_s)
     authorizer = Authorizer(reviewer, Permission(settings.auth_verb, settings.auth_group, settings.auth_resource),
                             ttl=settings.auth_cache_ttl_s, audiences=tuple(settings.auth_token_audiences),
-                            proxy=TrustedProxy.parse(settings.auth_trusted_proxies, settings.auth_proxy_identity))
+                            proxy=TrustedProxy.parse(settings.auth_trusted_proxies, settings.auth_proxy_identity),
+                            metrics=metrics)
     app.middlewares.append(authorizer.middleware())
     add_login_routes(app, authorizer)
     log.info("authentication by Kubernetes", extra={

@@ -115,7 +115,7 @@ async def test_each_user_sees_only_their_namespace_and_singleflight_bounds_revie
     store, reviewer, a, b = two_namespaces
     reviewer.delay = 0.05
     caplog.set_level(logging.INFO, logger="rayhistory.audit")
-    async with running_server(store, auth="kubernetes", kubernetes="off", reviewer=reviewer) as (client, _, _s):
+    async with running_server(store, auth="kubernetes", kubernetes="off", reviewer=reviewer) as (client, _, state):
         async def clusters(token):
             async with client.get("/clusters", headers=bearer(token)) as resp:
                 assert resp.status == 200
@@ -135,6 +135,10 @@ async def test_each_user_sees_only_their_namespace_and_singleflight_bounds_revie
         async with client.get(f"/s/{b.tail}/", headers={**bearer("ta"), "Accept": "text/html"}) as resp:
             assert resp.status == 403
             assert "get rayclusters.ray.io in namespace team-b" in await resp.text()
+        registry = state.metrics.registry
+        assert registry.get_sample_value("rayhistory_auth_reviews_total", {"review": "token", "result": "ok"}) == 2
+        assert registry.get_sample_value("rayhistory_auth_reviews_total", {"review": "access", "result": "denied"}) == 2
+        assert registry.get_sample_value("rayhistory_auth_refusals_total", {"status": "403"}) == 2
     opened = [r for r in caplog.records if r.getMessage() == "session opened"]
     assert [(r.user, r.session) for r in opened] == [("alice", a.tail)]
     refused = [r for r in caplog.records if r.getMessage() == "access refused"]
