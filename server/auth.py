@@ -102,9 +102,11 @@ class Permission:
     group: str = "ray.io"
     resource: str = "rayclusters"
 
+    def what(self) -> str:
+        return f"{self.verb} {self.resource}.{self.group}" if self.group else f"{self.verb} {self.resource}"
+
     def describe(self, namespace: str) -> str:
-        res = f"{self.resource}.{self.group}" if self.group else self.resource
-        return f"{self.verb} {res} in namespace {namespace}"
+        return f"{self.what()} in namespace {namespace}"
 
 
 def bearer_token(authorization: str | None, cookie: str | None) -> tuple[str, str] | None:
@@ -508,10 +510,11 @@ def _page(exc: AuthFailure, root: str) -> str:
 LOGIN_PAGE = """<!doctype html><meta charset=utf-8><title>Log in: Ray history server</title>
 <h1>Ray history server</h1>
 <p>Paste a Kubernetes bearer token (for example the output of <code>kubectl create token NAME</code>, or your
-OIDC ID token). You will see the sessions of the namespaces where you may {permission}.</p>
+OIDC ID token). You will see the sessions of the namespaces where you may <code>{permission}</code>.</p>
 {error}
 <form method=post action="login"><input type=hidden name=next value="{next}">
-<textarea name=token rows=6 cols=80 autocomplete=off required></textarea><br>
+<label for=token>Token</label><br>
+<textarea id=token name=token rows=6 cols=80 autocomplete=off spellcheck=false required></textarea><br>
 <button type=submit>Log in</button></form>
 """
 
@@ -532,7 +535,7 @@ def _same_origin(request: web.Request) -> bool:
 def add_login_routes(app: web.Application, authorizer: Authorizer) -> None:
     def login_page(next_: str, error: str = "", status: int = 200) -> web.Response:
         return web.Response(
-            text=LOGIN_PAGE.format(permission=html.escape(authorizer.permission.describe("…")),
+            text=LOGIN_PAGE.format(permission=html.escape(authorizer.permission.what()),
                                    next=html.escape(next_), error=f"<p><b>{html.escape(error)}</b></p>" if error else ""),
             status=status, content_type="text/html")
 
@@ -591,7 +594,7 @@ def setup_auth(app: web.Application, settings: Settings, reviewer: Any | None = 
     app.middlewares.append(authorizer.middleware())
     add_login_routes(app, authorizer)
     log.info("authentication by Kubernetes", extra={
-        "permission": authorizer.permission.describe("<session's>"), "cache_ttl_s": authorizer.ttl,
+        "permission": authorizer.permission.what() + " in the session's namespace", "cache_ttl_s": authorizer.ttl,
         "trusted_proxies": [str(n) for n in authorizer.proxy.networks] if authorizer.proxy else [],
         "proxy_identity": authorizer.proxy.mode if authorizer.proxy else ""})
     return authorizer
