@@ -121,6 +121,8 @@ class ServerSpec(_Spec):
     load_timeout: float = 120.0
     prewarm_token_secret: SecretKeyRef | None = None
     auth: AuthSpec = Field(default_factory=AuthSpec)
+    # Ray's dashboard token (RAY_AUTH_MODE=token heads) the live proxy sends; the Secret beside the server
+    ray_token_secret: SecretKeyRef | None = None
 
 
 class IngressTLS(_Spec):

@@ -138,6 +138,9 @@ def build_server_deployment_spec(history: Obj, spec: HistorySpec) -> Obj:
                  if server.prewarm_token_secret else
                  {"name": internal_token_secret_name(history), "key": config.INTERNAL_TOKEN_KEY})
     env.append({"name": "RAYHISTORY_PREWARM_TOKEN", "valueFrom": {"secretKeyRef": token_ref}})
+    if server.ray_token_secret:  # Ray's own token auth: what the live proxy sends to token-mode heads
+        env.append({"name": "RAYHISTORY_RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": server.ray_token_secret.name, "key": server.ray_token_secret.key}}})
     container = {
         "name": "server",
         "image": server.image,

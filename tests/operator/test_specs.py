@@ -357,3 +357,17 @@ def test_the_head_collector_gets_ray_s_token_as_the_ray_container_has_it():
     for group in patch["spec"].get("workerGroupSpecs") or []:
         worker = containers(group["template"])[config.COLLECTOR_CONTAINER]
         assert not {e["name"] for e in worker["env"]} & set(specs.RAY_AUTH_ENV)
+
+
+def test_the_server_gets_ray_s_token_from_the_named_secret():
+    from rayhistory.config import env_name
+    from rayhistory.server.main import Settings as ServerSettings
+
+    h = history({"storage": {"url": "s3://b/p"}, "server": {"rayTokenSecret": {"name": "ray-token"}}})
+    server = specs.build_server_deployment_spec(h, parse_spec(h["spec"]))["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in server["env"]}
+    assert env["RAYHISTORY_RAY_AUTH_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "ray-token", "key": "token"}}
+    assert "RAYHISTORY_RAY_AUTH_TOKEN" == env_name("ray_auth_token") and "ray_auth_token" in ServerSettings.model_fields
+    plain = history({"storage": {"url": "s3://b/p"}})
+    server = specs.build_server_deployment_spec(plain, parse_spec(plain["spec"]))["spec"]["template"]["spec"]["containers"][0]
+    assert "RAYHISTORY_RAY_AUTH_TOKEN" not in {e["name"] for e in server["env"]}
