@@ -22,10 +22,11 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 
 import aiohttp
 
-from rayhistory import layout
+from rayhistory import layout, ray_token
 from rayhistory.layout import SessionRef
 from rayhistory.store import Store
 
@@ -88,8 +89,11 @@ def session_of_version_answer(body: bytes) -> str | None:
 
 class DashboardPoller:
     def __init__(self, dashboard_url: str, store: Store, namespace: str, cluster: str, writer: str,
-                 metrics: CollectorMetrics, timeout_s: float = 10.0):
+                 metrics: CollectorMetrics, timeout_s: float = 10.0,
+                 ray_token: Callable[[], str | None] | None = None):
         self.base = dashboard_url.rstrip("/")
+        # Ray's token auth (rayhistory.ray_token): without it a token-mode head answers every poll 401
+        self.ray_token = ray_token or (lambda: None)
         self.store = store
         self.namespace = namespace
         self.cluster = cluster
@@ -105,7 +109,12 @@ class DashboardPoller:
 
     async def poll_once(self) -> bool:
         """Poll every endpoint once and store changed answers; False if the dashboard or storage failed."""
-        async with aiohttp.ClientSession(timeout=self.timeout) as http:
+        try:
+            auth = ray_token.headers(self.ray_token())
+        except ray_token.RayTokenError as exc:
+            log.warning("no Ray token to poll the dashboard with", extra={"error": str(exc)})
+            return False
+        async with aiohttp.ClientSession(timeout=self.timeout, headers=auth) as http:
             try:
                 status, body = await self._get(http, VERSION_PATH)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -113,6 +122,12 @@ class DashboardPoller:
                 return False
             session = session_of_version_answer(body) if status == 200 else None
             if session is None:
+                if status in (401, 403):
+                    self.metrics.endpoint_polls.labels("version", f"status_{status}").inc()
+                    log.warning("the dashboard wants Ray's token (RAY_AUTH_MODE=token): set RAY_AUTH_TOKEN or "
+                                "--ray-auth-token(-path) on the collector", extra={"status": status,
+                                                                                   "token_sent": bool(auth)})
+                    return False
                 log.warning("dashboard /api/version has no session name", extra={"status": status})
                 return False
             ref = SessionRef(self.namespace, self.cluster, session)

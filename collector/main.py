@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 from aiohttp import web
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
-from rayhistory import layout
+from rayhistory import layout, ray_token
 from rayhistory.config import CommonSettings
 from rayhistory.store import Store
 
@@ -64,6 +64,11 @@ class Settings(CommonSettings):
         30.0, description="seconds between log upload cycles (and dashboard polls on the head)")
     dashboard_url: str = Field("", description="live dashboard to poll, head only (e.g. http://127.0.0.1:8265); "
                                                "empty: no polling")
+    ray_auth_token: SecretStr = Field(
+        SecretStr(""), description="Ray's dashboard token (RAY_AUTH_MODE=token heads); empty: the token file, then "
+        "Ray's own RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH in this container's environment")
+    ray_auth_token_path: str = Field("", description="file holding Ray's dashboard token (a mounted Secret; read on "
+                                                     "every poll)")
     max_body_bytes: int = Field(64 << 20, description="largest POST body accepted (413 above)")
     spool_max_bytes: int = Field(1 << 30, description="spool bound: above it POSTs get 503 + Retry-After")
     shutdown_grace: float = Field(25.0, description="seconds to finish uploading after SIGTERM")
@@ -91,8 +96,10 @@ class Collector:
         self.ingest = Ingest(self.spool, self.flusher, self.metrics, s.max_body_bytes)
         self.uploader = LogUploader(self.store, s.ray_temp_root, Path(s.spool_dir) / "logs-state.json",
                                     s.namespace, s.cluster_name, self.metrics, self.registry.note_on_disk)
-        self.poller = (DashboardPoller(s.dashboard_url, self.store, s.namespace, s.cluster_name, self.writer,
-                                       self.metrics) if s.dashboard_url else None)
+        self.poller = (DashboardPoller(
+            s.dashboard_url, self.store, s.namespace, s.cluster_name, self.writer, self.metrics,
+            ray_token=lambda: ray_token.resolve_token(s.ray_auth_token.get_secret_value(), s.ray_auth_token_path),
+        ) if s.dashboard_url else None)
         self.stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None

@@ -6,10 +6,12 @@ that (an older stored object, a test API without defaulting) and gives one typed
 
 from __future__ import annotations
 
+import ipaddress
+
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 DEFAULT_IMAGE = "ghcr.io/rayhistory/rayhistory:0.1.0"
@@ -87,6 +89,26 @@ class CollectorSpec(_Spec):
     shutdown_grace: int = 20
 
 
+class AuthSpec(_Spec):
+    """Who may read the server's sessions (docs/security.md): the server's --auth settings."""
+
+    mode: Literal["kubernetes", "off"] = "kubernetes"
+    verb: str = Field("get", pattern=r"^[a-z*]{1,63}$")
+    group: str = Field("ray.io", pattern=r"^[a-z0-9.-]{0,253}$")
+    resource: str = Field("rayclusters", pattern=r"^[a-z0-9*/-]{1,253}$")
+    cache_ttl_seconds: float = Field(30.0, ge=0, le=3600)
+    # a fronting proxy (oauth2-proxy style) whose identity headers count, from these addresses/CIDRs only
+    trusted_proxies: list[str] = Field(default_factory=list)
+    proxy_identity: Literal["access-token", "user-headers"] = "access-token"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad one
+        return value
+
+
 class ServerSpec(_Spec):
     replicas: int = 1
     image: str = DEFAULT_IMAGE
@@ -98,6 +120,9 @@ class ServerSpec(_Spec):
     cache_max_bytes: int = 2 * 1024**3
     load_timeout: float = 120.0
     prewarm_token_secret: SecretKeyRef | None = None
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    # Ray's dashboard token (RAY_AUTH_MODE=token heads) the live proxy sends; the Secret beside the server
+    ray_token_secret: SecretKeyRef | None = None
 
 
 class IngressTLS(_Spec):

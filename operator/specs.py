@@ -28,6 +28,25 @@ OWNER_KINDS = ("RayJob", "RayService")
 FLUSH_GRACE_MARGIN = 10
 
 
+# What the server's ServiceAccount needs for --auth kubernetes, and nothing more: a TokenReview per caller's
+# token, a SubjectAccessReview per (caller, namespace). Both are create-only, cluster-scoped, and read nothing.
+SERVER_AUTH_RULES: list[Obj] = [
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+]
+# The whole rayhistory-server ClusterRole (deploy/operator/rbac.yaml holds the same; a test keeps them equal):
+# live sessions' RayClusters and head Services, and the reviews above.
+SERVER_CLUSTER_ROLE_RULES: list[Obj] = [
+    {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
+    *SERVER_AUTH_RULES,
+]
+
+
+def server_auth_rules() -> list[Obj]:
+    return copy.deepcopy(SERVER_AUTH_RULES)
+
+
 class InjectionError(ValueError):
     """The RayCluster does not have the shape injection needs; it is admitted unchanged."""
 
@@ -119,6 +138,9 @@ def build_server_deployment_spec(history: Obj, spec: HistorySpec) -> Obj:
                  if server.prewarm_token_secret else
                  {"name": internal_token_secret_name(history), "key": config.INTERNAL_TOKEN_KEY})
     env.append({"name": "RAYHISTORY_PREWARM_TOKEN", "valueFrom": {"secretKeyRef": token_ref}})
+    if server.ray_token_secret:  # Ray's own token auth: what the live proxy sends to token-mode heads
+        env.append({"name": "RAYHISTORY_RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": server.ray_token_secret.name, "key": server.ray_token_secret.key}}})
     container = {
         "name": "server",
         "image": server.image,
@@ -130,6 +152,7 @@ def build_server_deployment_spec(history: Obj, spec: HistorySpec) -> Obj:
             "--cache-max-sessions", str(server.cache_max_sessions),
             "--cache-max-bytes", str(server.cache_max_bytes),
             "--load-timeout", str(server.load_timeout),
+            *_auth_args(server.auth),
         ],
         "env": env,
         "envFrom": _env_from(spec),
@@ -160,6 +183,16 @@ def build_server_deployment_spec(history: Obj, spec: HistorySpec) -> Obj:
             },
         },
     }
+
+
+def _auth_args(auth) -> list[str]:
+    if auth.mode == "off":
+        return ["--auth", "off"]
+    args = ["--auth", "kubernetes", "--auth-verb", auth.verb, "--auth-group", auth.group,
+            "--auth-resource", auth.resource, "--auth-cache-ttl-s", str(auth.cache_ttl_seconds)]
+    if auth.trusted_proxies:
+        args += ["--auth-trusted-proxies", json.dumps(auth.trusted_proxies), "--auth-proxy-identity", auth.proxy_identity]
+    return args
 
 
 def build_server_service_spec(history: Obj) -> Obj:
@@ -293,6 +326,24 @@ def build_collector_container(
     return container
 
 
+RAY_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def ray_auth_token_of(ray: Obj) -> tuple[list[Obj], list[Obj]]:
+    """Ray's token auth as the Ray container has it (RAY_AUTH_MODE=token; the token from RAY_AUTH_TOKEN, often a
+    secretKeyRef, or a file at RAY_AUTH_TOKEN_PATH on a mounted Secret): the same env entries for the collector,
+    and read-only copies of the mounts holding that file. (KubeRay 1.5 sets none of these itself.)"""
+    env = [copy.deepcopy(e) for e in ray.get("env") or [] if isinstance(e, dict) and e.get("name") in RAY_AUTH_ENV]
+    path = next((e.get("value") for e in env if e.get("name") == "RAY_AUTH_TOKEN_PATH"), None)
+    mounts = []
+    if isinstance(path, str) and path:
+        for m in ray.get("volumeMounts") or []:
+            root = str(m.get("mountPath", "")).rstrip("/")
+            if isinstance(m, dict) and root and (path == root or path.startswith(root + "/")):
+                mounts.append({k: v for k, v in m.items() if k in ("name", "mountPath", "subPath")} | {"readOnly": True})
+    return env, mounts
+
+
 def _inject_pod_template(
     template: Any, spec: HistorySpec, cluster_name: str, namespace: str, owner: tuple[str, str], is_head: bool,
     where: str,
@@ -329,7 +380,12 @@ def _inject_pod_template(
         raise InjectionError(f"{where}: the Ray container's env must be a list")
     present = {e.get("name") for e in env if isinstance(e, dict)}
     env.extend({"name": k, "value": v} for k, v in RAY_EVENT_ENV.items() if k not in present)  # user's value wins
-    containers.append(build_collector_container(spec, cluster_name, namespace, owner, is_head, volume))
+    collector = build_collector_container(spec, cluster_name, namespace, owner, is_head, volume)
+    if is_head:  # Ray's token auth: the head poller needs the token the Ray container has
+        token_env, token_mounts = ray_auth_token_of(ray)
+        collector["env"].extend(token_env)
+        collector["volumeMounts"].extend(token_mounts)
+    containers.append(collector)
     grace = spec.collector.shutdown_grace + FLUSH_GRACE_MARGIN
     pod_spec["terminationGracePeriodSeconds"] = max(int(pod_spec.get("terminationGracePeriodSeconds") or 30), grace)
     return pod

@@ -34,8 +34,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
+
+from . import ray_token
 
 if TYPE_CHECKING:
     import psutil
@@ -89,7 +90,7 @@ class RayCluster:
 
     @property
     def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.auth_token}"} if self.auth_token else {}
+        return ray_token.headers(self.auth_token) if self.auth_token else {}
 
     @property
     def gcs_address(self) -> str:

@@ -257,7 +257,7 @@ def serve(store_url: str, workdir: Path, port: int, ref: SessionRef | None) -> i
         port = free_port()
     server = Process("server", [
         str(BIN / "rayhistory"), "server", "--storage", store_url, "--host", "127.0.0.1", "--port", str(port),
-        "--internal-port", str(free_port()), "--insecure-internal-port", "--log-format", "text",
+        "--internal-port", str(free_port()), "--insecure-internal-port", "--auth", "off", "--log-format", "text",
     ], workdir / "logs")
     base = f"http://127.0.0.1:{port}/"
     try:

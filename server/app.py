@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import asyncio
 from aiohttp import web
 
-from rayhistory import layout
+from rayhistory import layout, ray_token
 from rayhistory.compression import InflateLimits
 from rayhistory.index import SessionIndex
 from rayhistory.layout import SessionRef
 from rayhistory.store import Store, is_storage_failure
 
-from . import live_proxy, routes, ui
+from . import auth, live_proxy, routes, ui
 from .cache import SnapshotCache
 from .loader import SessionLoader
 from .metrics import ServerMetrics
@@ -157,19 +157,24 @@ def _storage_failures(retry_after_s: float):
     return middleware
 
 
-def create_app(settings: Settings, store: Store | None = None) -> tuple[web.Application, web.Application]:
+def create_app(settings: Settings, store: Store | None = None,
+               reviewer=None) -> tuple[web.Application, web.Application]:
     state = ServerState.create(settings, store)
     retry_after = min(settings.storage_timeout_s, 30.0)
     public = web.Application(middlewares=[_request_metrics(state.metrics), _storage_failures(retry_after)])
     internal = web.Application(middlewares=[_storage_failures(retry_after)])
     public[STATE_KEY] = state
     internal[STATE_KEY] = state
+    # before the live proxy's middleware: live sessions are checked like any other (auth.py)
+    authorizer = auth.setup_auth(public, settings, reviewer, state.metrics)
     routes.add_public_routes(public, state)
     ui.setup_ui(public, settings.dashboard_dir or None, state.load_state, routes.STATUS_PATH)
     # live sessions go to their cluster's own dashboard when Kubernetes says where it is (live_proxy.py)
     live_proxy.setup_live_proxy(
         public, state.directory.current, store=state.store,
         kubernetes={"auto": None, "on": True, "off": False}[settings.kubernetes],
+        forward_authorization=authorizer is None,
+        ray_token=lambda: ray_token.resolve_token(settings.ray_auth_token.get_secret_value(), settings.ray_auth_token_path),
     )
     routes.add_internal_routes(internal, state)
     public.cleanup_ctx.append(state.lifetime)

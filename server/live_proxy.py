@@ -27,6 +27,7 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
+from rayhistory import ray_token
 from rayhistory.index import SessionInfo, mark_dead
 from rayhistory.layout import SessionRef
 from rayhistory.store import Store
@@ -124,6 +125,22 @@ def effective_state(info: SessionInfo, sessions: list[SessionInfo], cluster: Clu
 
 # ---- Kubernetes ------------------------------------------------------------------------------------
 
+def load_api_client() -> Any | None:
+    """A kubernetes ApiClient with the server's own credentials: in-cluster config, else the kubeconfig
+    ($KUBECONFIG, read now); None when neither exists. Each call gets a Configuration of its own."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        try:
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+        except (config.ConfigException, FileNotFoundError, TypeError):
+            return None
+    return client.ApiClient(configuration)
+
+
 class KubernetesClusters:
     """Reads RayClusters and their head Services with the kubernetes client, cached for `ttl` seconds."""
 
@@ -138,17 +155,8 @@ class KubernetesClusters:
     @classmethod
     def from_environment(cls, ttl: float = 5.0) -> KubernetesClusters | None:
         """In-cluster config, else the kubeconfig; None when neither exists (local runs, the demo)."""
-        from kubernetes import client, config
-
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            try:
-                # read $KUBECONFIG now: the client's default is taken from it once, at import
-                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-            except (config.ConfigException, FileNotFoundError, TypeError):
-                return None
-        return cls(client.ApiClient(), ttl)
+        api_client = load_api_client()
+        return cls(api_client, ttl) if api_client is not None else None
 
     def _read(self, namespace: str, name: str) -> ClusterView:
         from kubernetes.client.exceptions import ApiException
@@ -195,9 +203,15 @@ SessionLookup = Callable[[SessionRef], Awaitable[tuple[SessionInfo | None, list[
 class LiveProxy:
     """Routes requests under /s/{namespace}/{cluster}/{session}/ to a live dashboard or to storage."""
 
-    def __init__(self, clusters: KubernetesClusters | None, lookup: SessionLookup, timeout: float = 30.0):
+    def __init__(self, clusters: KubernetesClusters | None, lookup: SessionLookup, timeout: float = 30.0,
+                 forward_authorization: bool = True, ray_token: Callable[[], str | None] | None = None):
         self.clusters = clusters
         self.lookup = lookup
+        # Ray's own token auth (rayhistory.ray_token): a token-mode head answers 401 without it
+        self.ray_token = ray_token or (lambda: None)
+        # with --auth kubernetes the caller's Authorization is their Kubernetes token: never sent to a Ray head
+        self.forward_headers = tuple(h for h in _FORWARD_REQUEST_HEADERS
+                                     if forward_authorization or h != "Authorization")
         self.timeout = aiohttp.ClientTimeout(total=timeout, connect=3.0)
         self._client: aiohttp.ClientSession | None = None
 
@@ -230,6 +244,12 @@ class LiveProxy:
                 log.info("live dashboard unreachable; serving from storage",
                          extra={"session": ref.tail, "error": f"{type(exc).__name__}: {exc}"})
                 route = Route("storage", incomplete="live dashboard unreachable")
+            except RayTokenRefused as exc:
+                log.warning("the live dashboard refused this server's Ray token (or wants one: RAY_AUTH_MODE=token); "
+                            "serving from storage", extra={"session": ref.tail, "status": exc.status,
+                                                           "token_sent": exc.token_sent})
+                route = Route("storage", incomplete="the live dashboard wants Ray's token (RAY_AUTH_MODE=token), "
+                                                    "which this server does not have")
         elif route.kind == "proxy":
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
         response = await handler(request)
@@ -243,10 +263,17 @@ class LiveProxy:
         url = f"{target}/{_origin_path(request).split('/', 5)[5]}"
         if request.rel_url.raw_query_string:
             url += "?" + request.rel_url.raw_query_string
-        headers = {h: request.headers[h] for h in _FORWARD_REQUEST_HEADERS if h in request.headers}
+        headers = {h: request.headers[h] for h in self.forward_headers if h in request.headers}
+        try:
+            headers.update(ray_token.headers(self.ray_token()))
+        except ray_token.RayTokenError as exc:
+            log.warning("no Ray token for the live dashboard", extra={"error": str(exc)})
         if self._client is None:
             self._client = aiohttp.ClientSession(timeout=self.timeout, auto_decompress=True)
         async with self._client.request(request.method, url, headers=headers, allow_redirects=False) as upstream:
+            if upstream.status in (401, 403) and "Authorization" not in headers:
+                # Ray's token auth, not the caller's: the history in storage is better than Ray's refusal
+                raise RayTokenRefused(upstream.status, ray_token.HEADER in headers)
             response = web.StreamResponse(status=upstream.status)
             for name in _FORWARD_RESPONSE_HEADERS:
                 if name in upstream.headers:
@@ -265,6 +292,13 @@ class LiveProxy:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+class RayTokenRefused(Exception):
+    def __init__(self, status: int, token_sent: bool):
+        super().__init__(status)
+        self.status = status
+        self.token_sent = token_sent
 
 
 def _origin_path(request: web.Request) -> str:
@@ -322,7 +356,8 @@ async def mark_gone_sessions(
 
 def setup_live_proxy(
     app: web.Application, list_sessions: Callable[[], Awaitable[list[SessionInfo]]], store: Store,
-    kubernetes: bool | None = None, sweep_interval: float = 30.0,
+    kubernetes: bool | None = None, sweep_interval: float = 30.0, forward_authorization: bool = True,
+    ray_token: Callable[[], str | None] | None = None,
 ) -> LiveProxy:
     """Route live sessions of `app` to their clusters' dashboards, and mark dead those whose cluster is gone.
 
@@ -334,7 +369,8 @@ def setup_live_proxy(
     if kubernetes and clusters is None:
         raise RuntimeError("Kubernetes access was asked for, but there is no in-cluster config and no kubeconfig")
     log.info("live sessions", extra={"kubernetes": clusters is not None})
-    proxy = LiveProxy(clusters, lookup_from_listing(list_sessions))
+    proxy = LiveProxy(clusters, lookup_from_listing(list_sessions), forward_authorization=forward_authorization,
+                      ray_token=ray_token)
     app.middlewares.append(proxy.middleware)
 
     async def lifetime(app: web.Application):

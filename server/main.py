@@ -59,6 +59,40 @@ class Settings(CommonSettings):
         "auto", description="use Kubernetes to find live clusters' dashboards and gone clusters: auto (in-cluster "
         "credentials or KUBECONFIG when present), on (required), off (storage and mark-dead decide)",
     )
+    ray_auth_token: SecretStr = Field(
+        SecretStr(""), description="Ray's dashboard token the live proxy sends to token-mode heads "
+        "(RAY_AUTH_MODE=token); empty: the token file, then RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH",
+    )
+    ray_auth_token_path: str = Field("", description="file holding Ray's dashboard token (read on every use)")
+    auth: Literal["off", "kubernetes"] = Field(
+        "off", description="who may see what (docs/security.md): kubernetes (a bearer token or the /login cookie, "
+        "verified with TokenReview; each session's namespace checked with a SubjectAccessReview) or off (anyone "
+        "who reaches the public port sees everything: local runs and the demo only; a warning at start)",
+    )
+    auth_verb: str = Field("get", pattern=r"^[a-z*]{1,63}$",
+                           description="--auth kubernetes: the verb the caller needs on the session's namespace")
+    auth_group: str = Field("ray.io", pattern=r"^[a-z0-9.-]{0,253}$",
+                            description="--auth kubernetes: the API group of that resource")
+    auth_resource: str = Field("rayclusters", pattern=r"^[a-z0-9*/-]{1,253}$",
+                               description="--auth kubernetes: the resource the caller needs the verb on")
+    auth_cache_ttl_s: float = Field(
+        30.0, ge=0, description="--auth kubernetes: seconds a token's review and an access decision are reused "
+        "(a revoked token or RoleBinding takes effect within this)",
+    )
+    auth_review_timeout_s: float = Field(5.0, gt=0, description="--auth kubernetes: seconds one review may take")
+    auth_token_audiences: list[str] = Field(
+        default_factory=list, description="--auth kubernetes: audiences the TokenReview asks for (JSON list; "
+        "empty: the API server's own)",
+    )
+    auth_trusted_proxies: list[str] = Field(
+        default_factory=list, description="--auth kubernetes: addresses or CIDRs (JSON list) of a fronting proxy "
+        "(oauth2-proxy style) whose identity headers are believed; from anywhere else they are ignored",
+    )
+    auth_proxy_identity: Literal["access-token", "user-headers"] = Field(
+        "access-token", description="--auth kubernetes, from a trusted proxy: access-token (its "
+        "X-Forwarded-Access-Token, verified with TokenReview) or user-headers (its X-Forwarded-User and "
+        "X-Forwarded-Groups, believed as they are)",
+    )
 
 
 class InsecureInternalPort(RuntimeError):

@@ -45,6 +45,15 @@ class ServerMetrics:
             buckets=_REQUEST_BUCKETS, registry=r,
         )
 
+        self.auth_reviews = Counter(
+            "rayhistory_auth_reviews", "TokenReviews and SubjectAccessReviews made (cache hits excluded), by result",
+            ["review", "result"], registry=r,
+        )
+        self.auth_refusals = Counter(
+            "rayhistory_auth_refusals", "Requests refused by --auth kubernetes, by status (401, 403, 503)", ["status"],
+            registry=r,
+        )
+
     def watch_store(self, stats: Callable[[], StoreStats]) -> None:
         """Export a Store's stats() (read at every scrape): a stalled backend shows as calls in flight that
         keep getting older, then as timeouts."""

@@ -40,6 +40,7 @@ from rayhistory.index import SessionIndex, SessionInfo, merge_records, session_l
 from rayhistory.layout import SessionRef
 
 from . import api, logs
+from .auth import VISIBLE_KEY
 from .cache import CacheEntry
 from .snapshot import FAILED
 from .loader import LoadTimeout, LoadUnavailable, SessionNotFound
@@ -447,6 +448,9 @@ class Routes:
 
     async def clusters(self, request: web.Request) -> web.Response:
         sessions = await self.state.directory.current()
+        visible = request.get(VISIBLE_KEY)  # --auth kubernetes: only the namespaces the caller may see
+        if visible is not None:
+            sessions = await visible(sessions)
         page, cursor, total = filter_sessions(sessions, request.query)
         # one pass over this replica's sessions, not one SessionRef per row: a page can hold 10,000s
         cached = {(r.namespace, r.cluster, r.session): self.state.cache.peek(r) for r in self.state.cache.refs()}

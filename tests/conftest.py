@@ -38,3 +38,13 @@ def free_port() -> int:
 @pytest.fixture
 def fixture_bodies() -> list[list[dict]]:
     return received_bodies()
+
+
+@pytest.fixture(scope="session")
+def k8s(tmp_path_factory: pytest.TempPathFactory):
+    """etcd, kube-apiserver, kube-controller-manager and the KubeRay operator on 127.0.0.1 (tests/k8s/cluster.py),
+    once per test session for every `-m k8s` test (the operator's and the server's auth tests)."""
+    from tests.k8s.cluster import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("k8s")) as cluster:
+        yield cluster

@@ -36,10 +36,11 @@ def http_ok(url: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def running_server(store_url: str):
-    """`rayhistory server` (its real serve()) on free ports of 127.0.0.1; yields the public base URL."""
+async def running_server(store_url: str, **extra):
+    """`rayhistory server` (its real serve()) on free ports of 127.0.0.1; yields the public base URL.
+    `extra` overrides Settings fields (auth="kubernetes", ...)."""
     settings = Settings(storage=store_url, host="127.0.0.1", port=free_port(), internal_port=free_port(),
-                        prewarm_token="browser-tests", log_format="text")
+                        prewarm_token="browser-tests", log_format="text", **extra)
     stop = asyncio.Event()
     server = asyncio.create_task(serve(settings, stop))
     base = f"http://127.0.0.1:{settings.port}/"
@@ -47,7 +48,7 @@ async def running_server(store_url: str):
         for _ in range(200):
             if server.done():
                 server.result()  # raises what stopped it
-            if await asyncio.to_thread(http_ok, base + "clusters"):
+            if await asyncio.to_thread(http_ok, base + "healthz"):  # open even with --auth kubernetes
                 break
             await asyncio.sleep(0.05)
         yield base

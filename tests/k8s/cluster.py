@@ -60,6 +60,7 @@ USERS = {
     "system:kube-controller-manager": ("kcm-token", ["system:masters"]),
     "kuberay-operator": ("kuberay-token", ["system:masters"]),  # KubeRay's own RBAC is not under test
     "alice": ("alice-token", []),  # an ordinary user: no grants at all
+    "bob": ("bob-token", ["team-b-devs"]),  # another ordinary user (the server's auth tests grant each one namespace)
 }
 
 

@@ -308,10 +308,17 @@ def test_rayhistory_reconciles_its_server_objects(world: World, history: dict):
     binding = k8s.get("clusterrolebinding", f"rayhistory-server-{SYSTEM_NS}-history")
     assert binding["roleRef"]["name"] == "rayhistory-server"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "history-server", "namespace": SYSTEM_NS}]
-    # The server's ServiceAccount may read what the live proxy needs, and nothing more.
+    # The server's ServiceAccount may read what the live proxy needs and make the reviews --auth kubernetes
+    # needs, and nothing more.
     sa = f"system:serviceaccount:{SYSTEM_NS}:history-server"
     assert k8s.kubectl("auth", "can-i", "list", "rayclusters.ray.io", "-A", "--as", sa).strip() == "yes"
+    assert k8s.kubectl("auth", "can-i", "create", "tokenreviews.authentication.k8s.io", "--as", sa).strip() == "yes"
+    assert k8s.kubectl("auth", "can-i", "create", "subjectaccessreviews.authorization.k8s.io",
+                       "--as", sa).strip() == "yes"
     assert k8s.kubectl_result("auth", "can-i", "get", "secrets", "-A", "--as", sa).stdout.strip() == "no"
+    assert "--auth" in pod_spec["containers"][0]["args"]
+    args = pod_spec["containers"][0]["args"]
+    assert args[args.index("--auth") + 1] == "kubernetes"
     status = history["status"]
     assert status["serverURL"] == "https://ray-history.example.com/"
     assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Ready", "True")]

@@ -290,3 +290,84 @@ def test_a_foreign_ray_logs_volume_is_not_reused():
     assert mounts[config.RAY_TEMP_ROOT] == config.RAY_TEMP_VOLUME_FALLBACK
     assert {v["name"]: v for v in pod["volumes"]}[config.RAY_TEMP_VOLUME_FALLBACK] == {
         "name": config.RAY_TEMP_VOLUME_FALLBACK, "emptyDir": {}}
+
+
+def test_the_server_cluster_role_in_rbac_yaml_is_the_one_the_code_names():
+    """deploy/operator/rbac.yaml's rayhistory-server ClusterRole: exactly specs.SERVER_CLUSTER_ROLE_RULES (the live
+    proxy's reads and --auth kubernetes' TokenReview and SubjectAccessReview, create only)."""
+    docs = list(yaml.safe_load_all((Path(__file__).parents[2] / "deploy" / "operator" / "rbac.yaml").read_text()))
+    role = next(d for d in docs if d and d["kind"] == "ClusterRole" and d["metadata"]["name"] == config.SERVER_CLUSTER_ROLE)
+    assert role["rules"] == specs.SERVER_CLUSTER_ROLE_RULES
+    assert specs.server_auth_rules() == [r for r in role["rules"] if r["apiGroups"][0].endswith(".k8s.io")]
+
+
+def test_servers_are_deployed_with_kubernetes_auth_and_the_crd_settings():
+    from rayhistory.cli import build_parser
+    from rayhistory.config import settings_from_args
+    from rayhistory.server.main import Settings as ServerSettings
+
+    def server_settings(server: dict) -> ServerSettings:
+        h = history({"storage": {"url": "s3://b/p"}, "server": server})
+        args = specs.build_server_deployment_spec(h, parse_spec(h["spec"]))["spec"]["template"]["spec"]["containers"][0]["args"]
+        return settings_from_args(ServerSettings, build_parser("server").parse_args(args))
+
+    default = server_settings({})
+    assert (default.auth, default.auth_verb, default.auth_group, default.auth_resource, default.auth_cache_ttl_s) == \
+        ("kubernetes", "get", "ray.io", "rayclusters", 30.0)
+    custom = server_settings({"auth": {"verb": "list", "group": "", "resource": "pods", "cacheTtlSeconds": 5}})
+    assert (custom.auth_verb, custom.auth_group, custom.auth_resource, custom.auth_cache_ttl_s) == \
+        ("list", "", "pods", 5.0)
+    assert server_settings({"auth": {"mode": "off"}}).auth == "off"
+    with pytest.raises(ValueError):
+        parse_spec({"storage": {"url": "s3://b"}, "server": {"auth": {"verb": "get --auth off"}}})
+
+
+def test_a_trusted_proxy_reaches_the_server_settings():
+    from rayhistory.cli import build_parser
+    from rayhistory.config import settings_from_args
+    from rayhistory.server.main import Settings as ServerSettings
+
+    h = history({"storage": {"url": "s3://b/p"}, "server": {"auth": {"trustedProxies": ["10.0.0.0/8", "::1"],
+                                                                      "proxyIdentity": "user-headers"}}})
+    args = specs.build_server_deployment_spec(h, parse_spec(h["spec"]))["spec"]["template"]["spec"]["containers"][0]["args"]
+    settings = settings_from_args(ServerSettings, build_parser("server").parse_args(args))
+    assert (settings.auth_trusted_proxies, settings.auth_proxy_identity) == (["10.0.0.0/8", "::1"], "user-headers")
+    with pytest.raises(ValueError):
+        parse_spec({"storage": {"url": "s3://b"}, "server": {"auth": {"trustedProxies": ["not-an-address"]}}})
+
+
+def test_the_head_collector_gets_ray_s_token_as_the_ray_container_has_it():
+    cluster = example_cluster()
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    ray = head["containers"][0]
+    ray.setdefault("env", []).extend([
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "ray-token", "key": "token"}}},
+        {"name": "RAY_AUTH_TOKEN_PATH", "value": "/etc/ray-token/token"},
+    ])
+    ray.setdefault("volumeMounts", []).append({"name": "ray-token", "mountPath": "/etc/ray-token"})
+    head.setdefault("volumes", []).append({"name": "ray-token", "secret": {"secretName": "ray-token"}})
+    patch, _ = admission_patch(cluster, [history()])
+    collector = containers(patch["spec"]["headGroupSpec"]["template"])[config.COLLECTOR_CONTAINER]
+    env = {e["name"]: e for e in collector["env"]}
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "ray-token", "key": "token"}}
+    assert env["RAY_AUTH_TOKEN_PATH"]["value"] == "/etc/ray-token/token"
+    assert {"name": "ray-token", "mountPath": "/etc/ray-token", "readOnly": True} in collector["volumeMounts"]
+    # workers do not poll: nothing of the token goes there
+    for group in patch["spec"].get("workerGroupSpecs") or []:
+        worker = containers(group["template"])[config.COLLECTOR_CONTAINER]
+        assert not {e["name"] for e in worker["env"]} & set(specs.RAY_AUTH_ENV)
+
+
+def test_the_server_gets_ray_s_token_from_the_named_secret():
+    from rayhistory.config import env_name
+    from rayhistory.server.main import Settings as ServerSettings
+
+    h = history({"storage": {"url": "s3://b/p"}, "server": {"rayTokenSecret": {"name": "ray-token"}}})
+    server = specs.build_server_deployment_spec(h, parse_spec(h["spec"]))["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in server["env"]}
+    assert env["RAYHISTORY_RAY_AUTH_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "ray-token", "key": "token"}}
+    assert "RAYHISTORY_RAY_AUTH_TOKEN" == env_name("ray_auth_token") and "ray_auth_token" in ServerSettings.model_fields
+    plain = history({"storage": {"url": "s3://b/p"}})
+    server = specs.build_server_deployment_spec(plain, parse_spec(plain["spec"]))["spec"]["template"]["spec"]["containers"][0]
+    assert "RAYHISTORY_RAY_AUTH_TOKEN" not in {e["name"] for e in server["env"]}

@@ -153,7 +153,7 @@ def numbered_ref(n: int, namespace: str = "ray", cluster: str = "demo") -> Sessi
 
 
 @contextlib.asynccontextmanager
-async def running_server(store: Store, **settings):
+async def running_server(store: Store, reviewer=None, **settings):
     """The server's public and internal apps on real local ports, over `store`; stopped on exit.
 
     Yields (public client, internal client, ServerState). `settings` override Settings fields.
@@ -163,6 +163,6 @@ async def running_server(store: Store, **settings):
     from rayhistory.server.app import STATE_KEY, create_app
     from rayhistory.server.main import Settings
 
-    public, internal = create_app(Settings(storage=store.url, **settings), store)
+    public, internal = create_app(Settings(storage=store.url, **settings), store, reviewer=reviewer)
     async with TestClient(TestServer(public)) as public_client, TestClient(TestServer(internal)) as internal_client:
         yield public_client, internal_client, public[STATE_KEY]
