@@ -75,8 +75,9 @@ class SegmentName:
 # ---- the record format (pure) -------------------------------------------------------------------
 
 def _record(session: bytes, node: bytes, payload: bytes) -> bytes:
-    body = b"%c%s%c%s%s" % (len(session), session, len(node), node, payload)
-    return MAGIC + _HEADER.pack(len(body), zlib.crc32(body)) + body
+    identity = b"%c%s%c%s" % (len(session), session, len(node), node)
+    crc = zlib.crc32(payload, zlib.crc32(identity))  # of the whole body, without joining it first
+    return b"".join((MAGIC, _HEADER.pack(len(identity) + len(payload), crc), identity, payload))
 
 
 def encode_record(session: str, node_id_hex: str, lines: Iterable[bytes]) -> bytes:
@@ -91,13 +92,18 @@ def encode_record(session: str, node_id_hex: str, lines: Iterable[bytes]) -> byt
         if len(line) + 1 > room:
             raise ValueError(f"one event of {len(line)} bytes does not fit a spool record")
         if size + len(line) + 1 > room:
-            out.append(_record(sess, node, b"".join(chunk)))
+            out.append(_record(sess, node, _lines(chunk)))
             chunk, size = [], 0
-        chunk.append(line + b"\n")
+        chunk.append(line)
         size += len(line) + 1
     if chunk:
-        out.append(_record(sess, node, b"".join(chunk)))
+        out.append(_record(sess, node, _lines(chunk)))
     return b"".join(out)
+
+
+def _lines(chunk: list[bytes]) -> bytes:
+    chunk.append(b"")  # the last line ends with a newline too
+    return b"\n".join(chunk)
 
 
 @dataclass

@@ -128,12 +128,17 @@ def test_json_lines_and_arrays_decode_alike():
     assert [e.event_id for e in a.events] == [e.event_id for e in b.events] == [e["eventId"] for e in body]
 
 
-def test_accepted_events_are_one_compact_line_each():
+@pytest.mark.parametrize("encode", [
+    lambda body: json.dumps(body, indent=2),
+    lambda body: json.dumps(body, separators=(",\r", ":\r")),  # a carriage return alone is JSON whitespace too
+    lambda body: json.dumps(body),
+], ids=["newlines", "carriage-returns", "one-line"])
+def test_accepted_events_are_one_line_each(encode):
     body = received_bodies()[3]
-    accepted, errors = ev.accept_events(json.dumps(body, indent=2).encode())
+    accepted, errors = ev.accept_events(encode(body).encode())
     assert errors == []
     for a, original in zip(accepted, body):
-        assert b"\n" not in a.raw
+        assert b"\n" not in a.raw and b"\r" not in a.raw
         assert msgspec.json.decode(a.raw) == original
         assert a.session_name == SESSION_NAME and a.node_id_hex == HEAD_NODE_ID
 
