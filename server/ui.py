@@ -111,7 +111,8 @@ LoadStateFn = Callable[[web.Request, SessionRef], Awaitable[LoadState]]
 
 @functools.cache
 def page_template(name: str) -> str:
-    return (_PAGES / name).read_text()
+    """A page of ours, with the style the one-card pages share filled in."""
+    return (_PAGES / name).read_text().replace("{{card_css}}", (_PAGES / "card.css").read_text().rstrip("\n"))
 
 
 def render_loading_page(ref: SessionRef, status_path: str) -> str:

@@ -28,3 +28,14 @@ def test_the_parts_import_under_the_project_package():
     lines = _run("-c", "import rayhistory.operator as o, rayhistory.server as s, rayhistory.collector as c; "
                        "print(o.__name__, s.__name__, c.__name__)")
     assert lines == ["rayhistory.operator", "rayhistory.server", "rayhistory.collector"]
+
+
+def test_every_page_file_of_the_server_is_package_data():
+    # the image installs the package (not the checkout): a page or style the package data misses is a 500 there
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["rayhistory.server"]
+    files = [p.name for p in (ROOT / "server").iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert files, "the server's pages are not where this test looks"
+    assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
