@@ -45,7 +45,8 @@ class Settings(CommonSettings):
         SecretStr(""), description="Ray's dashboard token (RAY_AUTH_MODE=token heads); empty: the token file, then "
         "Ray's own RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH")
     ray_auth_token_path: str = Field("", description="file holding Ray's dashboard token")
-    request_timeout_s: float = Field(60.0, gt=0, description="seconds one dashboard request may take")
+    request_timeout_s: float = Field(60.0, gt=0, description="seconds one dashboard request may take (a log file: "
+                                                              "seconds it may go without sending a byte)")
     max_answer_bytes: int = Field(256 << 20, gt=0, description="largest answer stored; a bigger one is skipped")
     max_log_file_bytes: int = Field(256 << 20, gt=0, description="bytes kept of one log file; the rest is cut")
     max_log_bytes: int = Field(4 << 30, ge=0, description="bytes of logs kept in all (0: no logs)")
@@ -156,10 +157,13 @@ class Importer:
 
     # ---- HTTP -----------------------------------------------------------------------------------
 
-    async def _open(self, request: Request) -> aiohttp.ClientResponse:
+    async def _open(self, request: Request, streaming: bool = False) -> aiohttp.ClientResponse:
+        """A streamed log file may take as long as it takes while bytes keep coming: its bound is per read."""
         url = self.settings.dashboard + request.url
+        t = self.settings.request_timeout_s
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t) if streaming else None
         try:
-            return await self.http.get(url, allow_redirects=False)
+            return await self.http.get(url, allow_redirects=False, timeout=timeout or self.http.timeout)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise ConnectionError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
 
@@ -251,7 +255,7 @@ class Importer:
         """Every file under the node's logs folder (folders listed one level at a time, as Ray globs)."""
         files: list[str] = []
         folders = [""]
-        limit = self.settings.max_log_files
+        limit = self.settings.max_log_files + 1  # one more than kept: a cut shows as skipped
         while folders and len(files) < limit:
             folder = folders.pop(0)
             request = capture.log_list_request(node_id, folder)
@@ -277,7 +281,7 @@ class Importer:
         request = capture.log_file_request(node_id, relpath)
         keep = min(self.settings.max_log_file_bytes, self.settings.max_log_bytes - self.report.log_bytes)
         try:
-            resp = await self._open(request)
+            resp = await self._open(request, streaming=True)
         except ConnectionError as exc:
             self.report.skipped.append([request.canonical, str(exc)])
             return

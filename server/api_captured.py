@@ -32,12 +32,20 @@ def is_imported(s: Snapshot) -> bool:
     return layout.IMPORT_MANIFEST in s.endpoints
 
 
-def manifest(s: Snapshot) -> dict:
+def import_summary(s: Snapshot) -> dict:
+    """What the import manifest says was left out, for the status page and the banner."""
     try:
         found = json.loads(s.endpoints.get(layout.IMPORT_MANIFEST, b"{}"))
     except (ValueError, RecursionError):
-        return {}
-    return found if isinstance(found, dict) else {}
+        found = None
+    found = found if isinstance(found, dict) else {}
+
+    def listed(name: str) -> list:
+        value = found.get(name)
+        return value if isinstance(value, list) else []
+    return {"captured_ms": found.get("captured_ms") if isinstance(found.get("captured_ms"), int) else 0,
+            "skipped": listed("skipped")[:100], "logs_truncated": listed("logs_truncated")[:100],
+            "nodes_without_logs": listed("nodes_without_logs")[:100]}
 
 
 def captured(s: Snapshot, path: str, query: Iterable[tuple[str, str]]) -> bytes | None:
@@ -84,11 +92,22 @@ def answer(s: Snapshot, path: str, query: Query) -> Body | None:
     return found if found is not None else filtered_list(s, path, query)
 
 
+def _captured_tasks(s: Snapshot) -> list[dict] | None:
+    found = _rows(captured(s, "api/v0/tasks", (("detail", "1"),) + _CAPTURED_LIMIT))
+    return found[1] if found is not None else None
+
+
+def failed_tasks(s: Snapshot) -> int | None:
+    """Failed task attempts of an imported session's captured list (None: not an imported session)."""
+    if not is_imported(s):
+        return None
+    return sum(1 for r in _captured_tasks(s) or [] if r.get("state") == "FAILED")
+
+
 def task_log(s: Snapshot, task_id: str, attempt: int, suffix: str) -> ResolvedLog | None:
     """Which file and byte range holds a task attempt's output, from the captured task list (its
     task_log_info), as Ray's state head finds it; None if the capture does not have the attempt."""
-    found = _rows(captured(s, "api/v0/tasks", (("detail", "1"),) + _CAPTURED_LIMIT))
-    row = next((r for r in (found[1] if found else []) if r.get("task_id") == task_id
+    row = next((r for r in _captured_tasks(s) or [] if r.get("task_id") == task_id
                 and r.get("attempt_number") == attempt), None)
     if row is None:
         return None

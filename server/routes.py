@@ -223,7 +223,8 @@ def failure_counts(entry: CacheEntry) -> tuple[int, int] | None:
     if cached is not None:
         return cached
     try:
-        failed_tasks = sum(1 for t in entry.snapshot.tasks if t.state == FAILED)
+        imported = api_captured.failed_tasks(entry.snapshot)  # an import has the task list, not the tasks
+        failed_tasks = imported if imported is not None else sum(1 for t in entry.snapshot.tasks if t.state == FAILED)
         failed_jobs = sum(1 for j in api.jobs(entry.snapshot, {})[1] if j.get("status") == "FAILED")
     except Exception:  # noqa: BLE001 - a count is a nicety of the picker, never a failed list
         log.exception("counting a session's failures failed")
@@ -419,6 +420,8 @@ class Routes:
             body["stored_bytes"] = entry.stored_bytes
             body["objects_missing_keys"] = [[p.key, p.reason] for p in entry.snapshot.objects_missing[:100]]
             body["objects_corrupt_keys"] = [[p.key, p.reason] for p in entry.snapshot.objects_corrupt[:100]]
+            if api_captured.is_imported(entry.snapshot):
+                body["import"] = api_captured.import_summary(entry.snapshot)
             return json_response(body, headers=completeness_headers(entry))
         return json_response(body)
 
