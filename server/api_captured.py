@@ -60,10 +60,13 @@ def _rows(answer: bytes | None) -> tuple[dict, list[dict]] | None:
         body = json.loads(answer) if answer is not None else None
     except (ValueError, RecursionError):
         return None
-    rows = body.get("data", {}).get("result", {}).get("result") if isinstance(body, dict) else None
+    envelope = body
+    for key in ("data", "result"):
+        envelope = envelope.get(key) if isinstance(envelope, dict) else None
+    rows = envelope.get("result") if isinstance(envelope, dict) else None
     if not isinstance(rows, list):
         return None
-    return body["data"]["result"], [r for r in rows if isinstance(r, dict)]
+    return envelope, [r for r in rows if isinstance(r, dict)]
 
 
 def filtered_list(s: Snapshot, path: str, query: Query) -> dict | None:
@@ -104,6 +107,14 @@ def failed_tasks(s: Snapshot) -> int | None:
     return sum(1 for r in _captured_tasks(s) or [] if r.get("state") == "FAILED")
 
 
+def _is_node_id(value: str) -> bool:
+    try:
+        layout.check_node_id(value)
+    except layout.LayoutError:
+        return False
+    return True
+
+
 def task_log(s: Snapshot, task_id: str, attempt: int, suffix: str) -> ResolvedLog | None:
     """Which file and byte range holds a task attempt's output, from the captured task list (its
     task_log_info), as Ray's state head finds it; None if the capture does not have the attempt."""
@@ -114,7 +125,7 @@ def task_log(s: Snapshot, task_id: str, attempt: int, suffix: str) -> ResolvedLo
     info: Any = row.get("task_log_info")
     path = info.get(f"std{suffix}_file") if isinstance(info, dict) else None
     node_id = row.get("node_id")
-    if not isinstance(path, str) or not isinstance(node_id, str):
+    if not isinstance(path, str) or not isinstance(node_id, str) or not _is_node_id(node_id):
         raise ApiError(404, f"Could not find log file for task attempt:{task_id}({attempt})")
     start, end = info.get(f"std{suffix}_start"), info.get(f"std{suffix}_end")
     return ResolvedLog(node_id, logs_relpath(path), start if isinstance(start, int) else None,
