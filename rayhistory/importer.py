@@ -47,7 +47,7 @@ class Settings(CommonSettings):
     ray_auth_token_path: str = Field("", description="file holding Ray's dashboard token")
     request_timeout_s: float = Field(60.0, gt=0, description="seconds one dashboard request may take (a log file: "
                                                               "seconds it may go without sending a byte)")
-    max_answer_bytes: int = Field(256 << 20, gt=0, description="largest answer stored; a bigger one is skipped")
+    max_answer_bytes: int = Field(64 << 20, gt=0, description="largest answer stored; a bigger one is skipped")
     max_log_file_bytes: int = Field(256 << 20, gt=0, description="bytes kept of one log file; the rest is cut")
     max_log_bytes: int = Field(4 << 30, ge=0, description="bytes of logs kept in all (0: no logs)")
     max_log_files: int = Field(20_000, ge=0, description="log files kept in all")
