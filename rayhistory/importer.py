@@ -125,6 +125,7 @@ class Importer:
         self.writer = layout.new_writer_id()
         self.report = Report(shown_url(settings.dashboard))
         self.ref: SessionRef | None = None
+        self._polled = {r: name for name, r in capture.POLLED.items()}
 
     async def run(self) -> Report:
         s = self.settings
@@ -206,29 +207,34 @@ class Importer:
     # ---- answers --------------------------------------------------------------------------------
 
     async def _capture(self, requests: list[Request], what: str) -> dict[Request, Any]:
-        """Store each 200 answer; the parsed answers (for the next round)."""
+        """Each request's answer stored; the parsed answers (for the next round)."""
         answers: dict[Request, Any] = {}
-        polled = {r: name for name, r in capture.POLLED.items()}
         for i, request in enumerate(requests, 1):
-            try:
-                status, body = await self._read(request, self.settings.max_answer_bytes)
-            except (ConnectionError, TooLarge) as exc:
-                self.report.skipped.append([request.canonical, str(exc)])
-                continue
-            self.report.answers[request.canonical] = status
-            if status != 200:  # e.g. 501 without Serve: the server answers what a dead session shows
-                continue
-            parsed = capture.parse(body)
-            if parsed is None:
-                self.report.skipped.append([request.canonical, "not JSON"])
-                continue
-            answers[request] = parsed
-            await self.store.put(layout.endpoint_key(self.ref, request.endpoint, self.writer), body)
-            if request in polled:
-                await self.store.put(layout.endpoint_key(self.ref, polled[request], self.writer), body)
+            parsed = await self._capture_one(request)
+            if parsed is not None:
+                answers[request] = parsed
             if i % 20 == 0 or i == len(requests):
                 self.progress(f"{what}: {i}/{len(requests)} requests")
         return answers
+
+    async def _capture_one(self, request: Request) -> Any:
+        """Store a 200 JSON answer (under the collector's endpoint name too, if it is one); its parsed JSON, or
+        None for any other answer (e.g. 501 without Serve: the server answers what a dead session shows)."""
+        try:
+            status, body = await self._read(request, self.settings.max_answer_bytes)
+        except (ConnectionError, TooLarge) as exc:
+            self.report.skipped.append([request.canonical, str(exc)])
+            return None
+        self.report.answers[request.canonical] = status
+        parsed = capture.parse(body) if status == 200 else None
+        if status == 200 and parsed is None:
+            self.report.skipped.append([request.canonical, "not JSON"])
+        if parsed is None:
+            return None
+        await self.store.put(layout.endpoint_key(self.ref, request.endpoint, self.writer), body)
+        if request in self._polled:
+            await self.store.put(layout.endpoint_key(self.ref, self._polled[request], self.writer), body)
+        return parsed
 
     # ---- logs -----------------------------------------------------------------------------------
 
@@ -258,17 +264,9 @@ class Importer:
         limit = self.settings.max_log_files + 1  # one more than kept: a cut shows as skipped
         while folders and len(files) < limit:
             folder = folders.pop(0)
-            request = capture.log_list_request(node_id, folder)
-            try:
-                status, body = await self._read(request, self.settings.max_answer_bytes)
-            except (ConnectionError, TooLarge) as exc:
-                self.report.skipped.append([request.canonical, str(exc)])
-                continue
-            self.report.answers[request.canonical] = status
-            parsed = capture.parse(body) if status == 200 else None
-            listing = capture.log_listing(parsed, limit - len(files))
-            if parsed is not None:  # replayed for the Logs tab's own listing requests
-                await self.store.put(layout.endpoint_key(self.ref, request.endpoint, self.writer), body)
+            # stored too: replayed for the Logs tab's own listing requests
+            listing = capture.log_listing(await self._capture_one(capture.log_list_request(node_id, folder)),
+                                          limit - len(files))
             self.report.logs_refused += listing.refused
             # a glob "a/*" lists "a/b" as files of a: keep only what is really below the folder asked
             below = [f for f in listing.files if not folder or f.startswith(folder + "/")]
