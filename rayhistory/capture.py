@@ -60,7 +60,7 @@ STATE_LISTS = ("tasks", "actors", "nodes", "workers", "jobs", "placement_groups"
 
 # The first round. The collector's own endpoints come first (the server's answers without a capture read
 # them), then what the UI and the state API answer from.
-FIXED: tuple[Request, ...] = (
+FIXED: tuple[Request, ...] = tuple(dict.fromkeys((  # once each: the poller's placement groups are a state list too
     Request(VERSION_PATH.lstrip("/")),
     *(request_of(url) for url in ENDPOINTS.values()),
     Request("api/ray/version"),
@@ -75,7 +75,8 @@ FIXED: tuple[Request, ...] = (
     Request("api/v0/tasks/summarize", (("summary_by", "lineage"),)),
     Request("api/v0/actors/summarize"),
     Request("api/v0/tasks/timeline", (("download", "1"),)),
-)
+)))
+MAX_NODES = 10_000  # nodes of one cluster an import reads (Ray's own lists stop at 10,000 too)
 
 # collector endpoint name -> its request: stored under that name too, so the server's own handlers (which
 # read the poller's endpoints) see them when no captured answer fits a request

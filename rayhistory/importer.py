@@ -145,12 +145,13 @@ class Importer:
             details = capture.detail_requests(answers, s.max_detail_requests)
             answers.update(await self._capture(details, "jobs, actors, nodes"))
             nodes_answer = answers.get(capture.Request("nodes", (("view", "summary"),)))
-            await self._logs(capture.alive_node_ids(nodes_answer, 10_000), capture.node_ids(nodes_answer, 10_000))
+            await self._logs(capture.alive_node_ids(nodes_answer, capture.MAX_NODES),
+                             capture.node_ids(nodes_answer, capture.MAX_NODES))
         await self.store.put(layout.endpoint_key(self.ref, layout.IMPORT_MANIFEST, self.writer),
                              self.report.manifest())
         await SessionIndex(self.store, self.writer).append(
             self.ref, IndexKind.DEAD, start_ms=layout.session_start_ms(version), end_ms=self.report.captured_ms,
-            imported_ms=self.report.captured_ms, node_ids=capture.node_ids(nodes_answer, 10_000),
+            imported_ms=self.report.captured_ms, node_ids=capture.node_ids(nodes_answer, capture.MAX_NODES),
             reason=f"imported: a one-shot capture of {self.report.dashboard} (no event history)")
         self.progress(f"done: {len(self.report.answers)} answers, {self.report.log_files} log files "
                       f"({self.report.log_bytes / 1e6:.1f} MB), {len(self.report.skipped)} skipped")
