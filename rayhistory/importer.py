@@ -30,7 +30,7 @@ from .capture import Request
 from .config import CommonSettings
 from .index import SessionIndex
 from .layout import IndexKind, SessionRef
-from .store import Store
+from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -317,11 +317,15 @@ class Importer:
 
 
 def main(settings: Settings) -> int:
-    store = Store(settings.storage, settings.storage_options, timeout_s=settings.storage_timeout_s)
     try:
+        store = Store(settings.storage, settings.storage_options, timeout_s=settings.storage_timeout_s)
         report = asyncio.run(Importer(settings, store).run())
     except ImportFailed as exc:
         print(f"rayhistory import: {exc}", file=sys.stderr)
+        return 1
+    except (StoreError, OSError) as exc:  # the session's index record comes last: a cut import is never listed
+        print(f"rayhistory import: storage failed ({type(exc).__name__}: {exc}); nothing was listed, import again",
+              file=sys.stderr)
         return 1
     print(json.dumps({"imported": f"{settings.namespace}/{settings.cluster}/{report.session}",
                       "answers": len(report.answers), "log_files": report.log_files, "log_bytes": report.log_bytes,

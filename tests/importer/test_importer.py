@@ -75,8 +75,9 @@ async def dashboard():
 
 
 def settings(url: str, tmp_path, **extra) -> Settings:
-    return Settings(dashboard=url, namespace="ns", cluster="c1", storage=f"file://{tmp_path}/store",
-                    request_timeout_s=2, max_answer_bytes=1_000_000, max_log_file_bytes=1_000_000, **extra)
+    fields = {"storage": f"file://{tmp_path}/store", "request_timeout_s": 2, "max_answer_bytes": 1_000_000,
+              "max_log_file_bytes": 1_000_000, **extra}
+    return Settings(dashboard=url, namespace="ns", cluster="c1", **fields)
 
 
 async def test_hostile_answers_stay_bounded_and_inside_the_session(dashboard, tmp_path):
@@ -136,6 +137,13 @@ def test_unreachable_dashboard_is_exit_1(tmp_path, capsys):
 
     assert main(settings(f"http://127.0.0.1:{free_port()}", tmp_path)) == 1
     assert "cannot reach the Ray dashboard at http://127.0.0.1:" in capsys.readouterr().err
+
+
+async def test_a_storage_failure_is_exit_1_and_lists_nothing(dashboard, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    s = settings(await dashboard(), tmp_path, storage=f"file://{tmp_path}/a-file/store")
+    assert await asyncio.to_thread(main, s) == 1
+    assert "rayhistory import: storage failed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("field, value", [("dashboard", "file:///etc"), ("dashboard", "http://"),
