@@ -20,7 +20,7 @@ from typing import Any
 from rayhistory import layout
 
 from .api_common import ApiError, Body, Query, _getall, _list_body, _list_options, parse_filters
-from .api_logs import ResolvedLog, logs_relpath
+from .api_logs import ResolvedLog, _worker_file, logs_relpath
 from .snapshot import Snapshot
 
 STATE_LISTS = frozenset(f"api/v0/{name}" for name in
@@ -130,3 +130,18 @@ def task_log(s: Snapshot, task_id: str, attempt: int, suffix: str) -> ResolvedLo
     start, end = info.get(f"std{suffix}_start"), info.get(f"std{suffix}_end")
     return ResolvedLog(node_id, logs_relpath(path), start if isinstance(start, int) else None,
                        end if isinstance(end, int) else None)
+
+
+def actor_log(s: Snapshot, actor_id: str, suffix: str) -> ResolvedLog | None:
+    """An actor's worker log, from the captured actor list (its node and pid name the worker's file among the
+    stored ones); None if the capture does not have the actor."""
+    found = _rows(captured(s, "api/v0/actors", (("detail", "1"),) + _CAPTURED_LIMIT))
+    row = next((r for r in (found[1] if found else []) if r.get("actor_id") == actor_id), None)
+    if row is None:
+        return None
+    node_id, pid = row.get("node_id"), row.get("pid")
+    path = _worker_file(s, node_id, suffix, pid=pid) if isinstance(node_id, str) and _is_node_id(node_id) \
+        and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
+    if path is None:
+        raise ApiError(404, f"Could not find a log file of actor {actor_id} (suffix {suffix}) in the imported logs")
+    return ResolvedLog(node_id, path)

@@ -357,7 +357,7 @@ class Routes:
                 logs.check_filename(q["filename"])
             entry = await self.entry(ref)
             try:
-                target = imported_task_log(entry.snapshot, q) or api.resolve_log_file(entry.snapshot, q)
+                target = imported_log(entry.snapshot, q) or api.resolve_log_file(entry.snapshot, q)
             except api.ApiError as exc:  # Ray answers log errors as text, not JSON
                 raise logs.LogRequestError(exc.status, exc.message) from None
             logs.check_filename(target.filename)
@@ -575,16 +575,18 @@ def answer(handler: Callable, snapshot, request: web.Request, ref: SessionRef, q
     return handler(snapshot, query)
 
 
-def imported_task_log(snapshot, query) -> api.ResolvedLog | None:
-    """A task's log in an imported session: the captured task list says where (its events were never kept)."""
-    if not api_captured.is_imported(snapshot) or not query.get("task_id") or query.get("filename"):
-        return None
+def imported_log(snapshot, query) -> api.ResolvedLog | None:
+    """A task's or an actor's log in an imported session: the captured lists say where (no events were kept)."""
     suffix = query.get("suffix") or "out"
-    try:
-        attempt = int(query.get("attempt_number") or 0)
-    except ValueError:
-        raise api.ApiError(400, f"attempt_number must be an integer, got {query['attempt_number']!r}") from None
-    return api_captured.task_log(snapshot, query["task_id"], attempt, suffix) if suffix in ("out", "err") else None
+    if not api_captured.is_imported(snapshot) or query.get("filename") or suffix not in ("out", "err"):
+        return None
+    if query.get("task_id"):
+        try:
+            attempt = int(query.get("attempt_number") or 0)
+        except ValueError:
+            raise api.ApiError(400, f"attempt_number must be an integer, got {query['attempt_number']!r}") from None
+        return api_captured.task_log(snapshot, query["task_id"], attempt, suffix)
+    return api_captured.actor_log(snapshot, query["actor_id"], suffix) if query.get("actor_id") else None
 
 
 def body_response(status: int, body: Any, headers: dict[str, str]) -> web.Response:

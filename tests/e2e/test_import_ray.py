@@ -63,7 +63,10 @@ def live_answers(dashboard: str, summary: dict) -> dict[str, tuple[int, bytes]]:
                   and t["state"] == "FINISHED")
     extra = [f"/api/v0/tasks?detail=1&limit=1&filter_keys=task_id&filter_predicates=%3D&filter_values={t['task_id']}"
              for t in tasks[:5]]
-    extra += [LOG_LISTING.format(head), RAYLET_LOG.format(head), TASK_LOG.format(parent["task_id"])]
+    actors = json.loads(answers["/api/v0/actors?detail=1&limit=10000"][1])["data"]["result"]["result"]
+    alive = next(a for a in actors if a["name"] == "alive_actor")
+    extra += [LOG_LISTING.format(head), RAYLET_LOG.format(head), TASK_LOG.format(parent["task_id"]),
+              ACTOR_LOG.format(alive["actor_id"])]
     answers.update({path: dashboard_get(dashboard, path) for path in extra})
     return answers
 
@@ -71,6 +74,7 @@ def live_answers(dashboard: str, summary: dict) -> dict[str, tuple[int, bytes]]:
 LOG_LISTING = "/api/v0/logs?node_id={}"
 RAYLET_LOG = "/api/v0/logs/file?node_id={}&filename=raylet.out&lines=-1"
 TASK_LOG = "/api/v0/logs/file?task_id={}&suffix=out"
+ACTOR_LOG = "/api/v0/logs/file?actor_id={}&suffix=err"  # its failing method's traceback
 # What differs between any two reads of the live dashboard, the import's among them (the comparison below only
 # counts a field that differs from both the read before and the read after the import; these differ from both).
 BETWEEN_READS = [
@@ -132,6 +136,8 @@ async def test_imported_session_answers_like_the_live_dashboard(imported):
                 assert resp.status == status == 200, (path, resp.status, ours[:300])
                 if "task_id=" in path:  # the task's byte range of its worker's file, found from the captured task
                     assert ours == live_body and b"asks two children" in ours
+                elif "actor_id=" in path:  # its worker's file, found from the captured actor's node and pid
+                    assert ours == live_body and b"intentional actor-task failure" in ours
                 elif "/logs/file" in path:  # the raylet may have written more since the import
                     assert live_body.startswith(ours) and len(ours) > 1000, path
                 else:
@@ -175,7 +181,8 @@ async def test_unreachable_and_unauthorized_dashboards_are_clear_errors(tmp_path
 
 
 async def test_imported_session_in_the_browser(imported, browser):  # noqa: F811
-    """The imported session's dashboard, with the banner saying imported and partial; the picker says imported."""
+    """The imported session's dashboard: the banner says imported and partial, a job's task table shows its failed
+    task, the Logs tab opens a node's file; the picker says imported."""
     ref = SessionRef(NS, CLUSTER, imported["session"])
     async with browser_server(imported["storage"]) as base:
         page = await browser.new_page()

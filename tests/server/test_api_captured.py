@@ -121,6 +121,23 @@ def test_task_log_and_failed_counts_from_the_captured_tasks():
     assert api_captured.import_summary(snapshot({layout.IMPORT_MANIFEST: b'{"skipped": 3}'}))["skipped"] == []
 
 
+def test_actor_log_from_the_captured_actor_list():
+    actor = next(r for r in live(CAPTURED["/api/v0/actors?detail=1&limit=10000"])["data"]["result"]["result"]
+                 if r.get("pid"))
+    builder = SnapshotBuilder(REF, dead=True, end_ms=1)
+    for name, data in answers().items():
+        builder.add_endpoint(name, data)
+    worker_file = f"worker-{'c' * 56}-{actor['job_id']}-{actor['pid']}.out"
+    for relpath in (worker_file, f"worker-{'d' * 56}-{actor['job_id']}-1{actor['pid']}.out", "raylet.out"):
+        builder.add_log_index(actor["node_id"], relpath, 10)
+    s = builder.build()
+    found = api_captured.actor_log(s, actor["actor_id"], "out")
+    assert (found.node_id, found.filename) == (actor["node_id"], worker_file)
+    assert api_captured.actor_log(s, "00" * 16, "out") is None  # not captured: Ray's own "not found" follows
+    with pytest.raises(ApiError):  # captured, but its worker's file was not imported
+        api_captured.actor_log(s, actor["actor_id"], "err")
+
+
 async def test_served_through_the_routes(tmp_path):
     """Stored as the importer stores it, then asked over HTTP: replay, the server's own answers for the rest,
     the index's imported flag in /clusters and the status; a hostile query is a 400, not a 500."""
