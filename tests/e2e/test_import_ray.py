@@ -25,7 +25,9 @@ from rayhistory import capture, raystart
 from rayhistory.layout import SessionRef
 from rayhistory.store import Store
 from tests.conftest import TEST_OUTPUT
-from tests.e2e.browser import browser, running_server as browser_server, screenshot_on_failure, session_url, shot  # noqa: F401
+from tests.e2e.browser import (  # noqa: F401
+    browser, running_server as browser_server, screenshot_on_failure, session_url, shot, show_failed_task,
+)
 from tests.server.fixture_store import running_server
 from tests.server.test_ground_truth import diff, unexplained
 
@@ -197,14 +199,7 @@ async def test_imported_session_in_the_browser(imported, browser):  # noqa: F811
             await page.get_by_role("table").first.wait_for()
             await shot(page, "40-imported-session-jobs")
             # a job's task table: the job's captured task list, with the task that failed
-            await page.goto(session_url(base, ref) + "#/jobs/01000000")
-            await page.get_by_text("Task Table").first.click()
-            await page.get_by_label("State").first.fill("FAILED")
-            failed_row = page.locator("tr", has_text="boom")
-            await failed_row.first.wait_for()
-            assert "FAILED" in await failed_row.first.inner_text()
-            await page.keyboard.press("Escape")
-            await failed_row.first.scroll_into_view_if_needed()
+            await show_failed_task(page, session_url(base, ref) + "#/jobs/01000000", "boom")
             await shot(page, "41-imported-session-failed-task")
             await page.goto(session_url(base, ref) + "#/actors")
             await page.get_by_text("detached_actor").first.wait_for()
