@@ -75,6 +75,7 @@ FIXED: tuple[Request, ...] = tuple(dict.fromkeys((  # once each: the poller's pl
     Request("api/v0/tasks/summarize", (("summary_by", "lineage"),)),
     Request("api/v0/actors/summarize"),
     Request("api/v0/tasks/timeline", (("download", "1"),)),
+    Request("api/v0/platform_events"),  # a head that may watch Kubernetes answers it (else 404: the server's own)
 )))
 MAX_NODES = 10_000  # nodes of one cluster an import reads (Ray's own lists stop at 10,000 too)
 
