@@ -32,6 +32,8 @@ PARTS = {
     "server": ("rayhistory.server.main", "run the history server (Ray Dashboard API and UI)"),
     "operator": ("rayhistory.operator.main", "run the Kopf operator"),
     "mark-dead": ("rayhistory.cli", "mark a cluster's sessions dead in the index (what the operator does)"),
+    "import": ("rayhistory.importer", "capture a running Ray dashboard into storage as an imported session "
+                                      "(for clusters without a collector)"),
 }
 
 

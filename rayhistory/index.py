@@ -36,6 +36,7 @@ class IndexRecord(msgspec.Struct, omit_defaults=True):
     end_ms: int = 0
     reason: str = ""
     writer: str = ""
+    imported_ms: int = 0  # `rayhistory import`: when the live dashboard was captured (no event history)
 
 
 class SessionInfo(BaseModel):
@@ -53,6 +54,7 @@ class SessionInfo(BaseModel):
     node_ids: list[str] = Field(default_factory=list)
     flushed_node_ids: list[str] = Field(default_factory=list)
     last_update_ms: int = 0
+    imported_ms: int = 0  # a one-shot capture of a running dashboard (`rayhistory import`), not a recording
 
     @property
     def ref(self) -> SessionRef:
@@ -106,6 +108,7 @@ def merge_records(records: list[IndexRecord]) -> list[SessionInfo]:
             if rec.start_ms:
                 info.start_ms = min(info.start_ms or rec.start_ms, rec.start_ms)
             nodes.update(rec.node_ids)
+            info.imported_ms = max(info.imported_ms, rec.imported_ms)
             if rec.kind == IndexKind.FLUSHED.value:
                 flushed.update(rec.node_ids)
             elif rec.kind == IndexKind.DEAD.value:

@@ -9,16 +9,20 @@ docs/storage-layout.md for a worked example.
     v1/sessions/{namespace}/{cluster}/{session}/events/{node_id}/{unix_ms}-{writer}-{seq}.jsonl.gz
     v1/sessions/{namespace}/{cluster}/{session}/logs/{node_id}/{relpath}/{generation}-{offset}.part
     v1/sessions/{namespace}/{cluster}/{session}/endpoints/{endpoint}/{unix_ms}-{writer}.json
+        (an imported session's captured answers are endpoints too: capture_{digest of the request})
     v1/sessions/{namespace}/{cluster}/{session}/snapshots/v{format}/{unix_ms}-{writer}.snap
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from urllib.parse import urlencode
 
 LAYOUT_VERSION = "v1"
 
@@ -202,6 +206,28 @@ def endpoint_key(ref: SessionRef, endpoint: str, writer: str, at_ms: int | None 
 def snapshot_key(ref: SessionRef, format_version: int, writer: str, at_ms: int | None = None) -> str:
     check_writer(writer)
     return snapshots_prefix(ref, format_version) + f"{at_ms if at_ms is not None else now_ms():013d}-{writer}.snap"
+
+
+# ---- captured answers of an imported session (`rayhistory import`) -----------------------------------
+
+IMPORT_MANIFEST = "import_manifest"  # the endpoint holding what an import captured, skipped and truncated
+CAPTURE_PREFIX = "capture_"
+MAX_CAPTURED_REQUEST_LEN = 4096
+
+
+def canonical_request(path: str, query: Iterable[tuple[str, str]]) -> str:
+    """One dashboard request in one spelling: the path relative to the dashboard root (no leading '/'), then
+    its query pairs sorted; the same request from the importer and from a browser gets the same name."""
+    return path.lstrip("/") + "?" + urlencode(sorted((str(k), str(v)) for k, v in query))
+
+
+def capture_endpoint(path: str, query: Iterable[tuple[str, str]]) -> str:
+    """The endpoint name of a captured answer: a digest, so no part of a request (ids, globs, file names the
+    dashboard listed) ever becomes a key segment of its own."""
+    request = canonical_request(path, query)
+    if len(request) > MAX_CAPTURED_REQUEST_LEN:
+        raise LayoutError(f"request too long to capture: {request[:80]!r}")
+    return CAPTURE_PREFIX + hashlib.sha256(request.encode()).hexdigest()[:40]
 
 
 # ---- parsing keys back -------------------------------------------------------------------------

@@ -152,6 +152,11 @@ def resolve_log_file(s: Snapshot, query: Query) -> ResolvedLog:
     raise ApiError(400, "One of filename, task_id, actor_id, pid or submission_id is required")
 
 
+def logs_relpath(path: str) -> str:
+    """Ray stores absolute paths under the session's logs/ folder; the stored log index is relative to it."""
+    return path.split("/logs/", 1)[1] if "/logs/" in path else path.rsplit("/", 1)[-1]
+
+
 def _not_found(**fields) -> str:
     lines = "".join(f"\t{k}: {v}\n" for k, v in fields.items())
     return f"Could not find a log file. Please make sure the given option exists in the cluster.\n{lines}"
@@ -180,9 +185,7 @@ def _resolve_task_log(s: Snapshot, task_id: str, attempt: int, suffix: str) -> R
     path = log_info.get("stdout_file" if suffix == "out" else "stderr_file")
     if not path:
         raise ApiError(404, f"Missing log filename info in {log_info} for task {task_id},attempt {attempt}")
-    # Ray stores absolute paths under the session's logs/ folder; the stored log index is relative to it.
-    relpath = path.split("/logs/", 1)[1] if "/logs/" in path else path.rsplit("/", 1)[-1]
-    return ResolvedLog(node_id, relpath, log_info.get(f"std{suffix}_start"), log_info.get(f"std{suffix}_end"))
+    return ResolvedLog(node_id, logs_relpath(path), log_info.get(f"std{suffix}_start"), log_info.get(f"std{suffix}_end"))
 
 
 def job_logs(s: Snapshot, query: Query, job_or_submission_id: str) -> tuple[int, Body]:

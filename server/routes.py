@@ -39,7 +39,7 @@ from rayhistory.events import ts_ms
 from rayhistory.index import SessionIndex, SessionInfo, merge_records, session_last_activity_ms
 from rayhistory.layout import SessionRef
 
-from . import api, logs
+from . import api, api_captured, logs
 from .auth import VISIBLE_KEY
 from .cache import CacheEntry
 from .snapshot import FAILED
@@ -87,6 +87,7 @@ def index_fields(info: SessionInfo, last_write_ms: int, stale_after_ms: int, now
         "end_ms": info.end_ms, "state": info.state, "dead_reason": info.dead_reason,
         "last_update_ms": last_write_ms or info.last_update_ms, "nodes": len(info.node_ids),
         "stale": is_stale(info, last_write_ms, stale_after_ms, now_ms),
+        "imported": bool(info.imported_ms), "imported_ms": info.imported_ms,
     }
 
 
@@ -222,7 +223,8 @@ def failure_counts(entry: CacheEntry) -> tuple[int, int] | None:
     if cached is not None:
         return cached
     try:
-        failed_tasks = sum(1 for t in entry.snapshot.tasks if t.state == FAILED)
+        imported = api_captured.failed_tasks(entry.snapshot)  # an import has the task list, not the tasks
+        failed_tasks = imported if imported is not None else sum(1 for t in entry.snapshot.tasks if t.state == FAILED)
         failed_jobs = sum(1 for j in api.jobs(entry.snapshot, {})[1] if j.get("status") == "FAILED")
     except Exception:  # noqa: BLE001 - a count is a nicety of the picker, never a failed list
         log.exception("counting a session's failures failed")
@@ -329,7 +331,7 @@ class Routes:
             try:
                 # in a worker thread: a 10,000-row answer takes a while, and the event loop keeps
                 # serving other requests meanwhile (snapshots are immutable, handlers pure)
-                status, body = await asyncio.to_thread(handler, entry.snapshot, query)
+                status, body = await asyncio.to_thread(answer, handler, entry.snapshot, request, ref, query)
                 headers = completeness_headers(entry)
                 if extra_headers is not None:
                     headers.update(extra_headers(query))
@@ -355,7 +357,7 @@ class Routes:
                 logs.check_filename(q["filename"])
             entry = await self.entry(ref)
             try:
-                target = api.resolve_log_file(entry.snapshot, q)
+                target = imported_log(entry.snapshot, q) or api.resolve_log_file(entry.snapshot, q)
             except api.ApiError as exc:  # Ray answers log errors as text, not JSON
                 raise logs.LogRequestError(exc.status, exc.message) from None
             logs.check_filename(target.filename)
@@ -418,6 +420,8 @@ class Routes:
             body["stored_bytes"] = entry.stored_bytes
             body["objects_missing_keys"] = [[p.key, p.reason] for p in entry.snapshot.objects_missing[:100]]
             body["objects_corrupt_keys"] = [[p.key, p.reason] for p in entry.snapshot.objects_corrupt[:100]]
+            if api_captured.is_imported(entry.snapshot):
+                body["import"] = api_captured.import_summary(entry.snapshot)
             return json_response(body, headers=completeness_headers(entry))
         return json_response(body)
 
@@ -471,6 +475,7 @@ class Routes:
                 "load_state": "loading" if key in loading else "loaded" if entry is not None else "not_loaded",
                 "url": session_base(s),
                 "stale": is_stale(s, writes.get(key, 0), stale_after),
+                "imported": bool(s.imported_ms),
                 "last_write_ms": writes.get(key) or None,
                 # for loaded sessions only (counting means a load): failed tasks and jobs
                 "failed_tasks": counts[0] if counts else None, "failed_jobs": counts[1] if counts else None,
@@ -559,6 +564,29 @@ def timeline_download_headers(query) -> dict[str, str]:
 
 # api.ROUTES pattern -> response headers the transport adds (api handlers return bodies only)
 EXTRA_HEADERS: dict[str, Callable[[Any], dict[str, str]]] = {"api/v0/tasks/timeline": timeline_download_headers}
+
+
+def answer(handler: Callable, snapshot, request: web.Request, ref: SessionRef, query) -> tuple[int, Any]:
+    """An api handler's answer; an imported session's captured answer first, when it has one (api_captured)."""
+    if api_captured.is_imported(snapshot):
+        replayed = api_captured.answer(snapshot, request.path[len(session_base(ref)):], request.query)
+        if replayed is not None:
+            return 200, replayed
+    return handler(snapshot, query)
+
+
+def imported_log(snapshot, query) -> api.ResolvedLog | None:
+    """A task's or an actor's log in an imported session: the captured lists say where (no events were kept)."""
+    suffix = query.get("suffix") or "out"
+    if not api_captured.is_imported(snapshot) or query.get("filename") or suffix not in ("out", "err"):
+        return None
+    if query.get("task_id"):
+        try:
+            attempt = int(query.get("attempt_number") or 0)
+        except ValueError:
+            raise api.ApiError(400, f"attempt_number must be an integer, got {query['attempt_number']!r}") from None
+        return api_captured.task_log(snapshot, query["task_id"], attempt, suffix)
+    return api_captured.actor_log(snapshot, query["actor_id"], suffix) if query.get("actor_id") else None
 
 
 def body_response(status: int, body: Any, headers: dict[str, str]) -> web.Response:

@@ -93,3 +93,15 @@ async def screenshot_on_failure(page, name: str):
 async def shot(page, name: str) -> None:
     await page.wait_for_load_state("networkidle")
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+async def show_failed_task(page, job_url: str, task_name: str) -> None:
+    """A job's page with its task table filtered to FAILED, the row of `task_name` in view (asserted failed)."""
+    await page.goto(job_url)
+    await page.get_by_text("Task Table").first.click()
+    await page.get_by_label("State").first.fill("FAILED")
+    failed_row = page.locator("tr", has_text=task_name)
+    await failed_row.first.wait_for()
+    assert "FAILED" in await failed_row.first.inner_text()
+    await page.keyboard.press("Escape")  # close the filter's dropdown before the picture
+    await failed_row.first.scroll_into_view_if_needed()

@@ -21,7 +21,7 @@ from rayhistory.index import SessionIndex
 from rayhistory.layout import IndexKind, SessionRef
 from rayhistory.store import Store
 from tests.conftest import HEAD_NODE_ID, SESSION_NAME
-from tests.e2e.browser import browser, running_server, screenshot_on_failure, session_url, shot  # noqa: F401
+from tests.e2e.browser import browser, running_server, screenshot_on_failure, session_url, shot, show_failed_task  # noqa: F401
 from tests.server.fixture_store import fixture_ref, write_fixture_session, write_index
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -75,14 +75,7 @@ async def test_picker_enters_the_dead_session_and_every_page_shows_its_data(hist
         await shot(page, "03-jobs")
 
         # -- one job: its task table with the failed task --
-        await page.goto(session_url(base, ref) + "#/jobs/01000000")
-        await page.get_by_text("Task Table").first.click()
-        await page.get_by_label("State").first.fill("FAILED")
-        failed_row = page.locator("tr", has_text="boom")
-        await failed_row.first.wait_for()
-        assert "FAILED" in await failed_row.first.inner_text()
-        await page.keyboard.press("Escape")  # close the filter's dropdown before the picture
-        await failed_row.first.scroll_into_view_if_needed()
+        await show_failed_task(page, session_url(base, ref) + "#/jobs/01000000", "boom")
         await shot(page, "04-job-failed-task")
 
         # -- actors: the dead ones and why they died --
