@@ -29,6 +29,7 @@ from . import auth, live_proxy, routes, ui
 from .cache import SnapshotCache
 from .loader import SessionLoader
 from .metrics import ServerMetrics
+from .platform_events import PlatformEventsReader
 
 if TYPE_CHECKING:
     from .main import Settings
@@ -46,6 +47,7 @@ class ServerState:
     loader: SessionLoader
     metrics: ServerMetrics
     writer: str
+    platform_events: PlatformEventsReader
     _users: int = 0
     _background: list[asyncio.Task] = field(default_factory=list)
 
@@ -66,7 +68,8 @@ class ServerState:
         )
         directory = routes.SessionDirectory(index, settings.index_refresh_interval)
         metrics.watch_store(store.stats)
-        return cls(settings, store, index, directory, cache, loader, metrics, writer)
+        platform_events = PlatformEventsReader(store, settings.index_refresh_interval)
+        return cls(settings, store, index, directory, cache, loader, metrics, writer, platform_events)
 
     def health(self) -> dict:
         """/healthz's body: ok, or degraded while storage stalls (a call older than the storage timeout, or a

@@ -2,7 +2,8 @@
 
 Public port:
 - `/s/{namespace}/{cluster}/{session}/{path}` for every `api.ROUTES` entry (pure handlers over the
-  snapshot), plus `api/v0/logs/{media_type}` (bytes from storage, logs.py) and `rayhistory/status`
+  snapshot), plus `api/v0/logs/{media_type}` (bytes from storage, logs.py), `api/v0/platform_events` (the
+  Kubernetes Events the operator kept, platform_events.py) and `rayhistory/status`
   (load progress and completeness; it never waits for a load). The dashboard UI requests relative
   paths, so its API calls land here.
 - `GET /clusters`: sessions from the index, filtered and paged with an opaque cursor (no cap).
@@ -38,6 +39,7 @@ from rayhistory import layout
 from rayhistory.events import ts_ms
 from rayhistory.index import SessionIndex, SessionInfo, merge_records, session_last_activity_ms
 from rayhistory.layout import SessionRef
+from rayhistory.platform_events import platform_events_answer
 
 from . import api, logs
 from .auth import VISIBLE_KEY
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATUS_PATH = "rayhistory/status"
+PLATFORM_EVENTS_PATH = "api/v0/platform_events"
 LAST_WRITE_TTL_S = 30.0  # how often a live session's storage is listed to tell whether it went stale
 LAST_WRITE_PER_PAGE = 200  # live sessions of one /clusters page whose staleness is checked
 STATUS_GRACE_S = 0.25  # how long the status page waits for a load it starts (it never waits for more)
@@ -368,6 +371,14 @@ class Routes:
         headers["Content-Disposition"] = f'attachment; filename="{download}"'
         return web.Response(body=data, content_type="text/plain", charset="utf-8", headers=headers)
 
+    async def platform_events(self, request: web.Request) -> web.Response:
+        """The Kubernetes Events the operator kept for the session (server/platform_events.py); 404 with none,
+        as Ray answers with platform events off (its UI then hides the page). HEAD is the UI's probe."""
+        records = await self.state.platform_events.records(session_ref(request))
+        if not records:
+            return web.Response(text="404: Not Found", status=404, content_type="text/plain")
+        return json_response(platform_events_answer(records))
+
     async def job_logs(self, request: web.Request) -> web.Response:
         """/api/jobs/{job_id}/logs: the whole driver log of a submission job, as {"logs": text}."""
         ref = session_ref(request)
@@ -572,7 +583,8 @@ def body_response(status: int, body: Any, headers: dict[str, str]) -> web.Respon
 
 def add_public_routes(app: web.Application, state: ServerState) -> Routes:
     routes = Routes(state)
-    own = {("GET", "api/v0/logs/{media_type}"), ("GET", STATUS_PATH)}
+    own = {("GET", "api/v0/logs/{media_type}"), ("GET", STATUS_PATH), ("GET", PLATFORM_EVENTS_PATH)}
+    app.router.add_get(f"{SESSION_PREFIX}/{PLATFORM_EVENTS_PATH}", routes.platform_events)
     app.router.add_get(f"{SESSION_PREFIX}/api/v0/logs/{{media_type}}", routes.log_file)
     app.router.add_get(f"{SESSION_PREFIX}/{STATUS_PATH}", routes.status)
     app.router.add_get(f"{SESSION_PREFIX}/api/jobs/{{job_id}}/logs", routes.job_logs)
@@ -580,7 +592,7 @@ def add_public_routes(app: web.Application, state: ServerState) -> Routes:
         pattern = pattern.lstrip("/")
         if (method, pattern) in own:
             continue
-        if method == "GET":  # and HEAD, which the UI uses to probe (platform_events)
+        if method == "GET":  # and HEAD
             app.router.add_get(f"{SESSION_PREFIX}/{pattern}", routes.api_handler(pattern, handler))
         else:
             app.router.add_route(method, f"{SESSION_PREFIX}/{pattern}", routes.api_handler(pattern, handler))
