@@ -59,7 +59,7 @@ class ServerState:
         index = SessionIndex(store, writer)
         cache = SnapshotCache(settings.cache_max_sessions, settings.cache_max_bytes, metrics)
         loader = SessionLoader(
-            store, index, cache, metrics, writer, settings.load_timeout, settings.index_refresh_interval,
+            store, index, cache, metrics, writer, settings.load_timeout, settings.live_reload_s,
             settings.max_concurrent_loads,
             inflate_limits=InflateLimits(settings.max_inflated_bytes, settings.max_inflate_ratio),
             # a compacted snapshot bigger than the whole cache could never be kept anyway
@@ -176,7 +176,8 @@ def create_app(settings: Settings, store: Store | None = None,
     live_proxy.setup_live_proxy(
         public, state.directory.current, store=state.store,
         kubernetes={"auto": None, "on": True, "off": False}[settings.kubernetes],
-        forward_authorization=authorizer is None,
+        forward_authorization=authorizer is None, live_sessions=settings.live_sessions,
+        status_path=routes.STATUS_PATH,
         ray_token=lambda: ray_token.resolve_token(settings.ray_auth_token.get_secret_value(), settings.ray_auth_token_path),
     )
     routes.add_internal_routes(internal, state)

@@ -400,7 +400,8 @@ class Routes:
         loader = self.state.loader
         entry = self.state.cache.peek(ref)
         body: dict[str, Any] = {"namespace": ref.namespace, "cluster": ref.cluster, "session": ref.session}
-        if entry is None and loader.job(ref) is None:
+        # load=0: what the index says only (the banner of a proxied live session: it is never loaded)
+        if entry is None and loader.job(ref) is None and request.query.get("load") != "0":
             # start the load, and give it a moment: an unknown session fails fast and gets its 404 here
             task = asyncio.ensure_future(loader.get(ref))
             await asyncio.wait([task], timeout=STATUS_GRACE_S)
@@ -423,6 +424,9 @@ class Routes:
             body["error"] = body["error"] or failure.error
         if entry is not None:
             body.update(completeness(entry))
+            if entry.live:  # served from storage: how fresh it is, for the banner
+                body["loaded_at_ms"] = int(time.time() * 1000 - (time.monotonic() - entry.loaded_at) * 1000)
+                body["reload_s"] = loader.live_refresh_s
             body["tasks"] = len(entry.snapshot.tasks)
             body["snapshot_key"] = entry.snapshot_key
             body["resident_bytes"] = entry.nbytes
