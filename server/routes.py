@@ -411,7 +411,7 @@ class Routes:
             entry = self.state.cache.peek(ref)
         info = await self.session_info(ref)
         if info is not None:  # the index's view, for the banner (owner, times, state, staleness)
-            last = await self.last_write_ms(info)
+            last = await self.last_write_ms(info, always=True)
             body["index"] = index_fields(info, last, self.stale_after_ms())
         progress = loader.progress(ref)
         body["load_state"] = loader.state(ref)
@@ -444,10 +444,10 @@ class Routes:
     def stale_after_ms(self) -> int:
         return int(getattr(self.state.settings, "stale_after", 0) * 1000)
 
-    async def last_write_ms(self, info: SessionInfo) -> int:
+    async def last_write_ms(self, info: SessionInfo, always: bool = False) -> int:
         """When anything of a live session was last written (listed at most every LAST_WRITE_TTL_S); 0 for a
-        dead one (not needed) or when staleness is off."""
-        if info.state != "live" or not self.stale_after_ms():
+        dead one (not needed) or when staleness is off (unless `always`: the banner's newest flush)."""
+        if info.state != "live" or not (always or self.stale_after_ms()):
             return 0
         key = (info.namespace, info.cluster, info.session)
         known = self._last_write.get(key)
