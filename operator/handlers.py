@@ -151,9 +151,6 @@ class Handlers:
             return
         history = found[0]
         history_spec = parse_spec(history.get("spec") or {})
-        if self.settings.platform_events:
-            # what happened to the cluster up to now goes into its sessions before they are marked dead
-            await self.platform_events.flush(self.store(history_spec), namespace, name)
         if retry == 0:
             # The collectors flush when their pods stop; KubeRay does not stop them while we hold the cluster.
             await self.kube.delete_collection(object_path("v1", "Pod", namespace), f"ray.io/cluster={name}")
@@ -167,8 +164,7 @@ class Handlers:
             self.metrics.flush_waits.inc()
             raise kopf.TemporaryError(str(exc), delay=self.settings.finalizer_poll_interval) from exc
         if self.settings.platform_events:
-            await self.platform_events.flush(self.store(history_spec), namespace, name)
-            self.platform_events.forget(self.store(history_spec), namespace, name)  # no session ever: nowhere to go
+            await self.keep_last_events(self.store(history_spec), namespace, name)
         self.metrics.clusters_recorded.labels("flushed" if recorded.flushed else "deadline").inc()
         self.metrics.sessions_marked_dead.inc(len(recorded.marked))
         hmeta = history["metadata"]
@@ -182,6 +178,16 @@ class Handlers:
             f"({recorded.reason}); pre-warm: {results}"))
 
     # ---- Kubernetes Events of injected clusters (platform_events.py) -------------------------------
+
+    async def keep_last_events(self, store: Store, namespace: str, name: str) -> None:
+        """The deleted cluster's events up to its release, into its sessions; what has no session is dropped.
+        Never holds the deletion: the events are only what the sessions were already missing."""
+        try:
+            await self.platform_events.flush(store, namespace, name)
+        except Exception:  # noqa: BLE001 - storage hiccup: the periodic flush tries again while they are pending
+            log.exception("kubernetes events of a deleted cluster not written", extra={"cluster": name})
+            return
+        self.platform_events.forget(store, namespace, name)
 
     def index_injected(self, namespace: str, name: str, meta: kopf.Meta, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): platform_events.injected_cluster(namespace, name, dict(meta),

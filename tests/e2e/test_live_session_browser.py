@@ -27,6 +27,7 @@ from tests.kube_api import use_kmock_kubeconfig
 from tests.conftest import HEAD_NODE_ID
 from tests.e2e.browser import browser, running_server, screenshot_on_failure, session_url, shot  # noqa: F401
 from tests.server.fixture_store import fixture_ref, late_task_batch, write_fixture_session
+from tests.server.test_live_proxy import add_raycluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -47,14 +48,7 @@ def fetch(url: str) -> tuple[dict, bytes]:
 
 async def test_live_session_is_the_running_clusters_own_dashboard(ray_head, kmock, browser, tmp_path, monkeypatch):  # noqa: F811
     dashboard_port = ray_head.ports["dashboard-port"]
-    kmock.objects["ray.io/v1/rayclusters", "ray", "live-cluster"] = {
-        "apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "live-cluster", "namespace": "ray"},
-        "status": {"head": {"serviceName": "live-cluster-head-svc"}},
-    }
-    kmock.objects["v1/services", "ray", "live-cluster-head-svc"] = {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "live-cluster-head-svc", "namespace": "ray"},
-        "spec": {"clusterIP": "127.0.0.1", "ports": [{"name": "dashboard", "port": dashboard_port}]},
-    }
+    add_raycluster(kmock, "live-cluster", dashboard_port)
     use_kmock_kubeconfig(kmock, tmp_path, monkeypatch)
 
     # the collector's `live` index record for the head's session (what it writes on first sight)
@@ -89,14 +83,7 @@ async def test_live_session_from_storage_follows_new_flushes_and_says_how_fresh(
     head.listen(8)  # a "head" that would see any connection the server made
     head.setblocking(False)
     port = head.getsockname()[1]
-    kmock.objects["ray.io/v1/rayclusters", "ray", "busy"] = {
-        "apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "busy", "namespace": "ray"},
-        "status": {"head": {"serviceName": "busy-head-svc"}},
-    }
-    kmock.objects["v1/services", "ray", "busy-head-svc"] = {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "busy-head-svc", "namespace": "ray"},
-        "spec": {"clusterIP": "127.0.0.1", "ports": [{"name": "dashboard", "port": port}]},
-    }
+    add_raycluster(kmock, "busy", port)
     use_kmock_kubeconfig(kmock, tmp_path, monkeypatch)
     store_url = f"file://{tmp_path / 'store'}"
     store = Store(store_url)

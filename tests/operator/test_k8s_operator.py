@@ -594,7 +594,7 @@ def regarding(obj: dict) -> dict:
 def post_event(world: World, about: dict, reason: str, note: str, controller: str, action: str) -> dict:
     """An Event as the scheduler or the kubelet reports one, created through the Events API (events.k8s.io/v1)."""
     doc = {"apiVersion": "events.k8s.io/v1", "kind": "Event",
-           "metadata": {"generateName": f"{about['name']}.", "namespace": NS},
+           "metadata": {"generateName": f"{about['name']}-", "namespace": NS},
            "eventTime": micro_now(), "reportingController": controller, "reportingInstance": f"{controller}-127.0.0.1",
            "action": action, "reason": reason, "type": "Warning", "note": note, "regarding": about}
     return json.loads(world.k8s.kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps(doc)))
