@@ -153,7 +153,11 @@ class Handlers:
         history_spec = parse_spec(history.get("spec") or {})
         if retry == 0:
             # The collectors flush when their pods stop; KubeRay does not stop them while we hold the cluster.
-            await self.kube.delete_collection(object_path("v1", "Pod", namespace), f"ray.io/cluster={name}")
+            deleted = await self.kube.delete_collection(object_path("v1", "Pod", namespace), f"ray.io/cluster={name}")
+            if self.settings.platform_events:  # their containers' last terminations (OOMKilled), from the answer
+                for pod in deleted.get("items") or []:
+                    self.platform_events.add(self.store(history_spec), namespace, name,
+                                             platform_events.container_terminations(pod, name))
         now = datetime.datetime.now(datetime.timezone.utc)
         reached = finalizer.deadline_passed(meta.get("deletionTimestamp"), self.settings.finalizer_deadline, now)
         try:

@@ -13,6 +13,9 @@ Events, through Kopf), from the cluster's creation to its deletion:
   `platform_events_flush_interval` seconds (and before the cluster's sessions are marked dead) as one
   object per session under its prefix (layout.platform_events_batch_key: the key comes from the session
   and the operator's writer id, never from an event);
+- a container that ended badly (OOMKilled, Error) is in its pod's status, not in an Event: the pods the
+  operator deletes on the cluster's deletion come back from the API with their last status, and each such
+  termination (the current or the last state of a container) is kept as an event of the pod;
 - per session at most `platform_events_max_per_session` distinct events and `platform_events_max_bytes`
   stored bytes; what is over is dropped and counted (rayhistory_operator_platform_events_total).
 """
@@ -20,6 +23,7 @@ Events, through Kopf), from the cluster's creation to its deletion:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -89,6 +93,36 @@ def session_for(sessions: list[SessionInfo], time_ms: int) -> SessionInfo | None
     ordered = sorted(sessions, key=lambda s: (s.start_ms, s.session))
     started = [s for s in ordered if s.start_ms <= time_ms]
     return started[-1] if started else ordered[0]
+
+
+def container_terminations(pod: dict[str, Any], cluster: str) -> list[PlatformEventRecord]:
+    """What a pod's container statuses say of containers that ended badly (OOMKilled, Error, ...), as events:
+    the kubelet reports these in the pod's status, not as Kubernetes Events. Each termination once: its uid
+    comes from the pod's uid, the container and when it finished."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    out = []
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        for when in ("state", "lastState"):
+            ended = ((container.get(when) or {}).get("terminated")) or {}
+            reason = ended.get("reason") or ""
+            if not reason or reason == "Completed":
+                continue
+            finished = ended.get("finishedAt") or ""
+            digest = hashlib.sha256(f"{container.get('name')}\n{finished}".encode()).hexdigest()[:16]
+            event = {
+                "metadata": {"uid": f"{meta.get('uid', '')}-{digest}", "namespace": meta.get("namespace")},
+                "involvedObject": {"kind": "Pod", "name": meta.get("name"), "namespace": meta.get("namespace")},
+                "reason": reason, "type": "Warning", "source": {"component": "kubelet"}, "lastTimestamp": finished,
+                "message": f"container {container.get('name')} terminated: {reason} (exit code "
+                           f"{ended.get('exitCode')}), restarts {container.get('restartCount', 0)}"
+                           + (f": {ended['message']}" if ended.get("message") else ""),
+            }
+            try:
+                out.append(record_from_event(event, cluster))
+            except layout.LayoutError:
+                continue
+    return out
 
 
 def fit_budget(records: list[PlatformEventRecord], versions: dict[str, tuple], max_events: int,
@@ -168,15 +202,24 @@ class PlatformEventRecorder:
                 self.metrics.platform_events.labels("invalid").inc()
                 log.info("kubernetes event not kept", extra={"cluster": cluster.name, "error": str(exc)})
                 return kept
-            pending = self._pending.setdefault((store, namespace, cluster.name), {})
-            known = pending.get(record.uid)
-            if known is None or record.version > known.version:
-                if known is None and len(pending) >= self.max_events:
-                    self.metrics.platform_events.labels("dropped").inc()
-                    continue
-                pending[record.uid] = record
-            kept += 1
+            kept += self.add(store, namespace, cluster.name, [record])
         return kept
+
+    def add(self, store: Store, namespace: str, cluster: str, records: list[PlatformEventRecord]) -> int:
+        """Queue records of one cluster for the next flush (the latest version of each); how many were queued."""
+        pending = self._pending.setdefault((store, namespace, cluster), {})
+        queued = 0
+        for record in records:
+            known = pending.get(record.uid)
+            if known is not None and record.version <= known.version:
+                queued += 1  # already queued
+                continue
+            if known is None and len(pending) >= self.max_events:
+                self.metrics.platform_events.labels("dropped").inc()
+                continue
+            pending[record.uid] = record
+            queued += 1
+        return queued
 
     # -- flushing --
 

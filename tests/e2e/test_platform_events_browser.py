@@ -1,4 +1,5 @@
-"""A dead session's Platform Events page, in a real browser: the Kubernetes Events the operator kept.
+"""A dead session's Platform Events page, in a real browser: the Kubernetes Events the operator kept, and
+the OOMKill it read from a deleted pod's status.
 
 The fixture session (tests/server/fixture_store.py) is dead; its Kubernetes Events are kept by the
 operator's own recorder (operator/platform_events.py) from core/v1 Events as a watch delivers them, into
@@ -18,7 +19,7 @@ from rayhistory.operator import platform_events as pe
 from rayhistory.operator.metrics import OperatorMetrics
 from rayhistory.store import Store
 from tests.e2e.browser import browser, running_server, screenshot_on_failure, session_url, shot  # noqa: F401
-from tests.operator.test_platform_events import PodsOfOneCluster, k8s_event
+from tests.operator.test_platform_events import PodsOfOneCluster, k8s_event, oomkilled_pod
 from tests.server.fixture_store import fixture_ref, write_fixture_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -52,7 +53,10 @@ async def test_the_platform_events_page_of_a_dead_session_shows_the_kept_events(
     ):
         event["metadata"]["namespace"] = event["involvedObject"]["namespace"] = ref.namespace
         assert await recorder.offer(kube, event, [demo], lambda c: store) == 1
-    assert await recorder.flush() == 4
+    # the OOMKill the head's status showed when the operator deleted the pod (not an Event)
+    oom = pe.container_terminations(oomkilled_pod(finished=stamp(ref.session, 50)), ref.cluster)
+    assert recorder.add(store, ref.namespace, ref.cluster, oom) == 1
+    assert await recorder.flush() == 5
 
     async with running_server(store_url) as base:
         page = await browser.new_page()
@@ -63,12 +67,12 @@ async def test_the_platform_events_page_of_a_dead_session_shows_the_kept_events(
             table = page.locator("table")
             await table.get_by_text("FailedScheduling").wait_for()
             text = await table.inner_text()
-            for expected in ("Evicted", "BackOff", "CreatedHeadPod", "Insufficient nvidia.com/gpu",
+            for expected in ("OOMKilled", "exit code 137", "Evicted", "BackOff", "CreatedHeadPod", "Insufficient nvidia.com/gpu",
                              "Pod/demo-head-abcde", "RayCluster/demo", "KUBERNETES/kubelet"):
                 assert expected in text, (expected, text)
             rows = await table.locator("tbody tr").all_inner_texts()
-            assert len(rows) == 4 and "BackOff" in rows[0] and "CreatedHeadPod" in rows[-1]  # newest first
-            await page.get_by_text("4 events").wait_for()
+            assert len(rows) == 5 and "OOMKilled" in rows[0] and "CreatedHeadPod" in rows[-1]  # newest first
+            await page.get_by_text("5 events").wait_for()
             await shot(page, "21-platform-events-dead-session")
 
             # a session nothing was kept for (no operator): Ray's answer when platform events are off, and

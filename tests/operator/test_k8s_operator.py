@@ -641,6 +641,16 @@ def test_kubernetes_events_of_a_cluster_and_its_pods_are_kept_in_its_session(wor
     # KubeRay's own Events about the RayCluster (the real controller's, not the test's) are kept too
     assert any(r.kind == "RayCluster" and r.name == "eventful" for r in records), [(r.kind, r.reason) for r in records]
 
+    # the kubelet's report of the head's Ray container, OOMKilled once and restarted (no kubelet here: the
+    # test writes the pod's status as one would); it is in the pod's status, not in any Event
+    ray_container = head["spec"]["containers"][0]["name"]
+    world.k8s.kubectl("patch", "pod", head["metadata"]["name"], "-n", NS, "--subresource=status", "--type", "merge",
+                      "-p", json.dumps({"status": {"containerStatuses": [{
+                          "name": ray_container, "ready": True, "restartCount": 1, "image": "rayproject/ray:2.60.0",
+                          "imageID": "", "state": {"running": {"startedAt": "2026-12-02T00:00:10Z"}},
+                          "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137,
+                                                       "startedAt": "2026-12-02T00:00:00Z",
+                                                       "finishedAt": "2026-12-02T00:00:09Z"}}}]}}))
     world.k8s.kubectl("delete", "raycluster", "eventful", "-n", NS, "--wait=false")
     wait_for("the operator to stop the cluster's pods", lambda: world.pods("eventful") == [], timeout=60)
     world.write_record(ref, IndexKind.FLUSHED, [HEAD_NODE_ID, NODE_WORKER])
@@ -657,6 +667,10 @@ def test_kubernetes_events_of_a_cluster_and_its_pods_are_kept_in_its_session(wor
     assert scheduling["severity"] == "WARNING" and scheduling["platformEvent"]["customFields"] == {"count": "4"}
     assert scheduling["platformEvent"]["source"]["component"] == "default-scheduler"
     assert ("Pod", "Evicted") in shown and ("Pod", "BackOff") in shown
+    # the OOMKill, from the status of the pod the operator deleted
+    oom = shown[("Pod", "OOMKilled")]
+    assert oom["platformEvent"]["objectName"] == head["metadata"]["name"]
+    assert oom["message"] == f"container {ray_container} terminated: OOMKilled (exit code 137), restarts 1"
 
 
 # ---- 6. retention --------------------------------------------------------------------------------

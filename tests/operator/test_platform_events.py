@@ -232,3 +232,29 @@ def test_recorder_never_stores_more_bytes_than_the_bound(tmp_path):
         assert stored and sum(o.size for o in stored) <= 8192
         assert recorder.metrics.platform_events.labels("dropped")._value.get() > 0
     asyncio.run(go())
+
+
+def oomkilled_pod(name: str = "demo-head-abcde", uid: str = "9f0c1e2d-1111-2222-3333-444455556666",
+                  finished: str = "2026-12-01T10:05:59Z") -> dict:
+    """A pod as the API returns it after its head container was OOMKilled once and restarted (the kubelet's
+    container status), with a sidecar that completed normally."""
+    return {"metadata": {"name": name, "namespace": NS, "uid": uid},
+            "status": {"containerStatuses": [
+                {"name": "ray-head", "restartCount": 1, "state": {"running": {"startedAt": "2026-12-01T10:06:00Z"}},
+                 "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137, "finishedAt": finished}}},
+                {"name": "rayhistory-collector", "restartCount": 0,
+                 "state": {"terminated": {"reason": "Completed", "exitCode": 0, "finishedAt": "2026-12-01T10:07:00Z"}}},
+            ]}}
+
+
+def test_container_terminations_of_a_deleted_pod_become_its_events():
+    (record,) = pe.container_terminations(oomkilled_pod(), "demo")
+    assert (record.kind, record.name, record.reason, record.type, record.component) == (
+        "Pod", "demo-head-abcde", "OOMKilled", "Warning", "kubelet")
+    assert record.message == "container ray-head terminated: OOMKilled (exit code 137), restarts 1"
+    assert record.time_ns == parse_k8s_time("2026-12-01T10:05:59Z")
+    assert pe.container_terminations(oomkilled_pod(), "demo")[0].uid == record.uid  # the same termination: one uid
+    layout.check_k8s_uid(record.uid)
+    assert pe.container_terminations({"metadata": {"name": "../x", "namespace": NS, "uid": "u"},
+                                      "status": oomkilled_pod()["status"]}, "demo") == []
+    assert pe.container_terminations({}, "demo") == []
