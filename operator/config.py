@@ -84,6 +84,16 @@ class Settings(CommonSettings):
     operator_namespace: str = Field(
         "", description="the operator's own namespace (the downward API sets it in deploy/): where the internal "
         "token's Secret lives")
+    platform_events: bool = Field(
+        True, description="keep the Kubernetes Events of injected RayClusters, their Pods and owners in their "
+        "sessions (the dashboard's Platform Events page); needs list/watch on events",
+    )
+    platform_events_flush_interval: float = Field(
+        5.0, gt=0, description="seconds between writes of the Kubernetes Events kept (one object per session)")
+    platform_events_max_per_session: int = Field(
+        2000, ge=1, description="most distinct Kubernetes Events kept per session (warnings first when over)")
+    platform_events_max_bytes: int = Field(
+        1 << 20, ge=4096, description="most stored bytes of Kubernetes Events per session")
     prewarm_timeout: float = Field(10.0, description="seconds one pre-warm call may take")
     liveness_port: int = Field(8090, description="port of the operator's /healthz (0 disables it)")
     metrics_port: int = Field(8091, description="port of the operator's Prometheus /metrics (0 disables it)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
@@ -12,7 +13,7 @@ import kopf
 from rayhistory import layout
 from rayhistory.store import Store
 
-from . import config, finalizer, injection, reconcile, retention
+from . import config, finalizer, injection, platform_events, reconcile, retention
 from .config import Settings
 from .internal_token import load_operator_token
 from .history import HistorySpec, parse_spec, server_service_url
@@ -35,6 +36,10 @@ class Handlers:
         self.metrics = OperatorMetrics()
         self._metrics_runner = None
         self._token: str = ""
+        self.platform_events = platform_events.PlatformEventRecorder(
+            self.metrics, layout.new_writer_id(), settings.platform_events_flush_interval,
+            settings.platform_events_max_per_session, settings.platform_events_max_bytes)
+        self._flusher = None
 
     @property
     def kube(self) -> Kube:
@@ -148,7 +153,11 @@ class Handlers:
         history_spec = parse_spec(history.get("spec") or {})
         if retry == 0:
             # The collectors flush when their pods stop; KubeRay does not stop them while we hold the cluster.
-            await self.kube.delete_collection(object_path("v1", "Pod", namespace), f"ray.io/cluster={name}")
+            deleted = await self.kube.delete_collection(object_path("v1", "Pod", namespace), f"ray.io/cluster={name}")
+            if self.settings.platform_events:  # their containers' last terminations (OOMKilled), from the answer
+                for pod in deleted.get("items") or []:
+                    self.platform_events.add(self.store(history_spec), namespace, name,
+                                             platform_events.container_terminations(pod, name))
         now = datetime.datetime.now(datetime.timezone.utc)
         reached = finalizer.deadline_passed(meta.get("deletionTimestamp"), self.settings.finalizer_deadline, now)
         try:
@@ -158,6 +167,8 @@ class Handlers:
         except finalizer.FlushPending as exc:
             self.metrics.flush_waits.inc()
             raise kopf.TemporaryError(str(exc), delay=self.settings.finalizer_poll_interval) from exc
+        if self.settings.platform_events:
+            await self.keep_last_events(self.store(history_spec), namespace, name)
         self.metrics.clusters_recorded.labels("flushed" if recorded.flushed else "deadline").inc()
         self.metrics.sessions_marked_dead.inc(len(recorded.marked))
         hmeta = history["metadata"]
@@ -170,15 +181,53 @@ class Handlers:
             f"{len(recorded.marked)} session(s) marked dead in {hmeta['namespace']}/{hmeta['name']} "
             f"({recorded.reason}); pre-warm: {results}"))
 
+    # ---- Kubernetes Events of injected clusters (platform_events.py) -------------------------------
+
+    async def keep_last_events(self, store: Store, namespace: str, name: str) -> None:
+        """The deleted cluster's events up to its release, into its sessions; what has no session is dropped.
+        Never holds the deletion: the events are only what the sessions were already missing."""
+        try:
+            await self.platform_events.flush(store, namespace, name)
+        except Exception:  # noqa: BLE001 - storage hiccup: the periodic flush tries again while they are pending
+            log.exception("kubernetes events of a deleted cluster not written", extra={"cluster": name})
+            return
+        self.platform_events.forget(store, namespace, name)
+
+    def index_injected(self, namespace: str, name: str, meta: kopf.Meta, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): platform_events.injected_cluster(namespace, name, dict(meta),
+                                                                   config.HISTORY_ANNOTATION)}
+
+    async def keep_event(self, body: kopf.Body, type: str | None, injected: kopf.Index, histories: kopf.Index,
+                         **_: Any) -> None:
+        if type == "DELETED":  # an Event expiring in the API: what was kept stays kept
+            return
+        clusters = [c for key in injected for c in injected[key]]
+        if not clusters:
+            return
+
+        def store_of(cluster: platform_events.InjectedCluster) -> Store | None:
+            found = list(histories.get(cluster.history, []))
+            return self.store(parse_spec(found[0].get("spec") or {})) if found else None
+        await self.platform_events.offer(self.kube, dict(body), clusters, store_of)
+
     # ---- the metrics endpoint, in the operator's loop -------------------------------------------
 
     async def start_metrics(self, **_: Any) -> None:
         if self.settings.metrics_port:
             self._metrics_runner = await self.metrics.serve("0.0.0.0", self.settings.metrics_port)
+        if self.settings.platform_events:
+            self._flusher = asyncio.create_task(self.platform_events.run(), name="kubernetes events flusher")
 
     async def stop_metrics(self, **_: Any) -> None:
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            try:
+                await self.platform_events.flush()  # what is pending is written before the operator stops
+            except Exception:  # noqa: BLE001 - storage down at shutdown: the events are still in the API
+                log.exception("last flush of kubernetes events failed")
 
     # ---- registration ---------------------------------------------------------------------------
 
@@ -196,3 +245,7 @@ class Handlers:
                        registry=registry)(self.inject)
         kopf.on.delete(*RAYCLUSTER, id="record", annotations={config.HISTORY_ANNOTATION: kopf.PRESENT},
                        registry=registry)(self.record_on_delete)
+        if s.platform_events:
+            kopf.index(*RAYCLUSTER, id="injected", annotations={config.HISTORY_ANNOTATION: kopf.PRESENT},
+                       registry=registry)(self.index_injected)
+            kopf.on.event("v1", "events", id="platform_events", registry=registry)(self.keep_event)

@@ -119,6 +119,9 @@ class ServerSpec(_Spec):
     cache_max_sessions: int = 16
     cache_max_bytes: int = 2 * 1024**3
     load_timeout: float = 120.0
+    # live sessions: proxied to their heads, or answered from storage (the heads never asked)
+    live_sessions: Literal["proxy", "storage"] = "proxy"
+    live_reload_seconds: float = 15.0
     prewarm_token_secret: SecretKeyRef | None = None
     auth: AuthSpec = Field(default_factory=AuthSpec)
     # Ray's dashboard token (RAY_AUTH_MODE=token heads) the live proxy sends; the Secret beside the server

@@ -119,5 +119,6 @@ class Kube:
                 return False
             raise
 
-    async def delete_collection(self, path: str, label_selector: str) -> None:
-        await self.request("DELETE", path, query=[("labelSelector", label_selector)])
+    async def delete_collection(self, path: str, label_selector: str) -> Obj:
+        """Delete what the selector matches; the API server answers with the list of what it deleted, as it was."""
+        return await self.request("DELETE", path, query=[("labelSelector", label_selector)])

@@ -27,6 +27,9 @@ class OperatorMetrics:
                                                   "sessions deleted by retention", registry=r)
         self.retention_objects_removed = Counter("rayhistory_operator_retention_objects_removed",
                                                  "storage objects deleted by retention", registry=r)
+        self.platform_events = Counter("rayhistory_operator_platform_events", "Kubernetes Events of injected "
+                                       "clusters, by result (kept in storage, dropped over a bound, invalid)",
+                                       ["result"], registry=r)
 
     async def serve(self, host: str, port: int) -> web.AppRunner:
         async def metrics(_: web.Request) -> web.Response:

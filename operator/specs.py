@@ -152,6 +152,8 @@ def build_server_deployment_spec(history: Obj, spec: HistorySpec) -> Obj:
             "--cache-max-sessions", str(server.cache_max_sessions),
             "--cache-max-bytes", str(server.cache_max_bytes),
             "--load-timeout", str(server.load_timeout),
+            "--live-sessions", server.live_sessions,
+            "--live-reload-s", str(server.live_reload_seconds),
             *_auth_args(server.auth),
         ],
         "env": env,

@@ -11,6 +11,7 @@ docs/storage-layout.md for a worked example.
     v1/sessions/{namespace}/{cluster}/{session}/endpoints/{endpoint}/{unix_ms}-{writer}.json
         (an imported session's captured answers are endpoints too: capture_{digest of the request})
     v1/sessions/{namespace}/{cluster}/{session}/snapshots/v{format}/{unix_ms}-{writer}.snap
+    v1/sessions/{namespace}/{cluster}/{session}/platform_events/{unix_ms}-{writer}-{seq}.jsonl.gz
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ _WRITER_RE = re.compile(r"[A-Za-z0-9]{1,64}", re.ASCII)
 _ENDPOINT_RE = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
 _PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.@+=,%-]{1,255}", re.ASCII)
 MAX_RELPATH_LEN = 1024
+# Kubernetes object uids (RFC 4122 UUIDs in practice; bounded, never part of a key).
+_K8S_UID_RE = re.compile(r"[A-Za-z0-9-]{1,64}", re.ASCII)
+# Kinds whose Kubernetes Events the operator keeps (operator/platform_events.py).
+PLATFORM_EVENT_KINDS = frozenset({"RayCluster", "RayJob", "RayService", "Pod"})
 MAX_RELPATH_DEPTH = 16
 
 
@@ -80,6 +85,16 @@ _HEX_ID_RE = re.compile(r"[0-9a-f]{2,64}", re.ASCII)
 def is_hex_id(value: object) -> bool:
     """A Ray id in the dashboard's hex form (job, actor, task ids): lowercase hex, at most 32 bytes."""
     return isinstance(value, str) and _HEX_ID_RE.fullmatch(value) is not None
+
+
+def check_k8s_uid(value: str) -> str:
+    return _check(value, _K8S_UID_RE, "Kubernetes uid")
+
+
+def check_platform_event_kind(value: str) -> str:
+    if value not in PLATFORM_EVENT_KINDS:
+        raise LayoutError(f"not a kind whose events are kept: {str(value)[:80]!r}")
+    return value
 
 
 def check_writer(value: str) -> str:
@@ -180,6 +195,10 @@ def snapshots_prefix(ref: SessionRef, format_version: int) -> str:
     return session_prefix(ref) + f"snapshots/v{int(format_version)}/"
 
 
+def platform_events_prefix(ref: SessionRef) -> str:
+    return session_prefix(ref) + "platform_events/"
+
+
 # ---- object keys -------------------------------------------------------------------------------
 
 def index_record_key(ref: SessionRef, kind: IndexKind, writer: str, at_ms: int | None = None) -> str:
@@ -206,6 +225,19 @@ def endpoint_key(ref: SessionRef, endpoint: str, writer: str, at_ms: int | None 
 def snapshot_key(ref: SessionRef, format_version: int, writer: str, at_ms: int | None = None) -> str:
     check_writer(writer)
     return snapshots_prefix(ref, format_version) + f"{at_ms if at_ms is not None else now_ms():013d}-{writer}.snap"
+
+
+def platform_events_batch_key(ref: SessionRef, writer: str, seq: int, at_ms: int | None = None) -> str:
+    """One flush of the Kubernetes Events the operator kept for a session: built from the session and the
+    operator's own writer id and counter, never from anything an event says."""
+    check_writer(writer)
+    stamp = at_ms if at_ms is not None else now_ms()
+    return platform_events_prefix(ref) + f"{stamp:013d}-{writer}-{int(seq):08d}.jsonl.gz"
+
+
+def is_platform_events_batch_key(ref: SessionRef, key: str) -> bool:
+    prefix = platform_events_prefix(ref)
+    return key.startswith(prefix) and _BATCH_NAME_RE.fullmatch(key[len(prefix):]) is not None
 
 
 # ---- captured answers of an imported session (`rayhistory import`) -----------------------------------

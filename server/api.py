@@ -14,6 +14,8 @@ api_logs and api_cluster (head endpoints stored verbatim, version, the UI's prob
 what they share. Log files are served by the runtime; the pure parts it needs are `resolve_log_file`
 (/api/v0/logs/file and /stream: task_id, actor_id, pid or filename -> node, file, byte range) and
 `job_logs` (/api/jobs/{id}/logs: which job-driver log file); `list_logs` (/api/v0/logs) is a route here.
+/api/v0/platform_events (the Kubernetes Events the operator kept) is read apart from the snapshot
+(server/platform_events.py).
 
 What the live dashboard reads from running processes (process metrics, core-worker stats, the object
 store) is absent or empty, shaped so the UI renders; docs/dead-sessions.md says how a dead session ends
@@ -28,7 +30,7 @@ from .api_cluster import (
     prometheus_health, runtime_env_redaction, serve_applications, timezone, usage_stats_enabled, version,
 )
 from .api_common import ApiError, Body, Handler, Query, _with
-from .api_events import events, list_cluster_events, platform_events
+from .api_events import events, list_cluster_events
 from .api_jobs import job_detail, jobs, list_jobs, list_placement_groups
 from .api_logs import ResolvedLog, _resolve_task_log, job_logs, list_logs, resolve_log_file
 from .api_nodes import list_nodes, list_workers, node_detail, nodes
@@ -53,7 +55,6 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/api/v0/jobs", list_jobs),
     ("GET", "/api/v0/placement_groups", list_placement_groups),
     ("GET", "/api/v0/cluster_events", list_cluster_events),
-    ("GET", "/api/v0/platform_events", platform_events),
     ("GET", "/api/v0/logs", list_logs),
     ("GET", "/api/v0/cluster_metadata", cluster_metadata),
     ("GET", "/api/v0/runtime_env_redaction", runtime_env_redaction),

@@ -1,4 +1,4 @@
-"""/events, /api/v0/cluster_events and /api/v0/platform_events."""
+"""/events and /api/v0/cluster_events (platform events: server/platform_events.py)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,3 @@ def list_cluster_events(s: Snapshot, query: Query) -> tuple[int, dict]:
     shown = CLUSTER_EVENT_COLUMNS + (("custom_fields",) if detail else ())
     return 200, _list_body([{c: r[c] for c in shown} for r in kept[:limit]], len(rows), len(rows), len(kept))
 
-
-def platform_events(s: Snapshot, query: Query) -> tuple[int, str]:
-    # Ray 2.60 answers 404 unless RAY_DASHBOARD_INGEST_PLATFORM_EVENTS is on; the UI hides the panel.
-    return 404, "404: Not Found"

@@ -29,6 +29,7 @@ from . import auth, live_proxy, routes, ui
 from .cache import SnapshotCache
 from .loader import SessionLoader
 from .metrics import ServerMetrics
+from .platform_events import PlatformEventsReader
 
 if TYPE_CHECKING:
     from .main import Settings
@@ -46,6 +47,7 @@ class ServerState:
     loader: SessionLoader
     metrics: ServerMetrics
     writer: str
+    platform_events: PlatformEventsReader
     _users: int = 0
     _background: list[asyncio.Task] = field(default_factory=list)
 
@@ -57,7 +59,7 @@ class ServerState:
         index = SessionIndex(store, writer)
         cache = SnapshotCache(settings.cache_max_sessions, settings.cache_max_bytes, metrics)
         loader = SessionLoader(
-            store, index, cache, metrics, writer, settings.load_timeout, settings.index_refresh_interval,
+            store, index, cache, metrics, writer, settings.load_timeout, settings.live_reload_s,
             settings.max_concurrent_loads,
             inflate_limits=InflateLimits(settings.max_inflated_bytes, settings.max_inflate_ratio),
             # a compacted snapshot bigger than the whole cache could never be kept anyway
@@ -66,7 +68,8 @@ class ServerState:
         )
         directory = routes.SessionDirectory(index, settings.index_refresh_interval)
         metrics.watch_store(store.stats)
-        return cls(settings, store, index, directory, cache, loader, metrics, writer)
+        platform_events = PlatformEventsReader(store, settings.index_refresh_interval)
+        return cls(settings, store, index, directory, cache, loader, metrics, writer, platform_events)
 
     def health(self) -> dict:
         """/healthz's body: ok, or degraded while storage stalls (a call older than the storage timeout, or a
@@ -173,7 +176,8 @@ def create_app(settings: Settings, store: Store | None = None,
     live_proxy.setup_live_proxy(
         public, state.directory.current, store=state.store,
         kubernetes={"auto": None, "on": True, "off": False}[settings.kubernetes],
-        forward_authorization=authorizer is None,
+        forward_authorization=authorizer is None, live_sessions=settings.live_sessions,
+        status_path=routes.STATUS_PATH,
         ray_token=lambda: ray_token.resolve_token(settings.ray_auth_token.get_secret_value(), settings.ray_auth_token_path),
     )
     routes.add_internal_routes(internal, state)

@@ -9,7 +9,9 @@ Which dashboard a session URL reaches is decided here from three facts and nothi
   "dashboard" (else status.endpoints.dashboard, else 8265).
 
 When the live dashboard cannot be reached, or the server has no Kubernetes access, a live session is served
-from storage as it stands, marked incomplete. With Kubernetes access, the server also marks dead (in the
+from storage as it stands, marked incomplete; with `--live-sessions storage` every live session is (a busy
+head is never asked). A proxied session's index.html gets the banner (ui.py) saying it is live and proxied;
+the server's own paths under a session (`rayhistory/...`) are never proxied. With Kubernetes access, the server also marks dead (in the
 index) the live sessions whose cluster is gone, every `sweep_interval` seconds. Only GET and HEAD are proxied: a history server's Ingress is
 no place to submit or stop jobs on a running cluster.
 """
@@ -32,7 +34,7 @@ from rayhistory.index import SessionInfo, mark_dead
 from rayhistory.layout import SessionRef
 from rayhistory.store import Store
 
-from .ui import session_ref
+from .ui import render_dashboard_index, session_ref
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ DEFAULT_DASHBOARD_PORT = 8265
 # Response headers that tell the UI (and people with curl) where an answer came from.
 SOURCE_HEADER = "X-Rayhistory-Source"
 INCOMPLETE_HEADER = "X-Rayhistory-Incomplete"
+MAX_INDEX_BYTES = 1 << 20  # a head's index.html bigger than this is passed on without the banner
 
 _FORWARD_REQUEST_HEADERS = ("Accept", "Authorization", "Range", "If-None-Match", "If-Modified-Since")
 _FORWARD_RESPONSE_HEADERS = (
@@ -99,11 +102,24 @@ class Route:
     incomplete: str = ""  # why an answer from storage may lack the session's latest data
 
 
-def decide_route(info: SessionInfo, sessions: list[SessionInfo], cluster: ClusterView | None) -> Route:
+LiveSessions = Literal["proxy", "storage"]
+FROM_STORAGE = "live session, answered from what its collectors flushed (--live-sessions storage)"
+
+
+def decide_route(info: SessionInfo, sessions: list[SessionInfo], cluster: ClusterView | None,
+                 live_sessions: LiveSessions = "proxy") -> Route:
     """Pure: proxy a live session to its cluster's dashboard, or serve it from storage (and why).
 
     `sessions` are the index's sessions of the same cluster; `cluster` is None without Kubernetes access.
+    With `live_sessions` "storage" no session is proxied: Kubernetes still says which are over.
     """
+    route = _decide_route(info, sessions, cluster)
+    if route.kind == "proxy" and live_sessions == "storage":
+        return Route("storage", incomplete=FROM_STORAGE)
+    return route
+
+
+def _decide_route(info: SessionInfo, sessions: list[SessionInfo], cluster: ClusterView | None) -> Route:
     if info.state == "dead":
         return Route("storage", dead=True)
     if cluster is None:
@@ -204,9 +220,14 @@ class LiveProxy:
     """Routes requests under /s/{namespace}/{cluster}/{session}/ to a live dashboard or to storage."""
 
     def __init__(self, clusters: KubernetesClusters | None, lookup: SessionLookup, timeout: float = 30.0,
-                 forward_authorization: bool = True, ray_token: Callable[[], str | None] | None = None):
+                 forward_authorization: bool = True, ray_token: Callable[[], str | None] | None = None,
+                 live_sessions: LiveSessions = "proxy", status_path: str = "rayhistory/status"):
         self.clusters = clusters
         self.lookup = lookup
+        self.live_sessions = live_sessions
+        # the server's own paths under a session prefix (the banner's status): never the head's to answer
+        self.own_prefix = status_path.split("/", 1)[0] + "/"
+        self.status_path = status_path
         # Ray's own token auth (rayhistory.ray_token): a token-mode head answers 401 without it
         self.ray_token = ray_token or (lambda: None)
         # with --auth kubernetes the caller's Authorization is their Kubernetes token: never sent to a Ray head
@@ -225,21 +246,22 @@ class LiveProxy:
         cluster = await self.clusters.view(ref.namespace, ref.cluster) if self.clusters else None
         if self.clusters is not None and cluster is None:
             return Route("storage", incomplete="live session; Kubernetes did not answer")
-        return decide_route(info, sessions, cluster)
+        return decide_route(info, sessions, cluster, self.live_sessions)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler):
         if "session" not in request.match_info or "namespace" not in request.match_info:
             return await handler(request)
-        if _origin_path(request).count("/") < 5:  # /s/{ns}/{cluster}/{session}: the slash redirect
-            return await handler(request)
+        path = _origin_path(request)
+        if path.count("/") < 5 or path.split("/", 5)[5].startswith(self.own_prefix):
+            return await handler(request)  # /s/{ns}/{cluster}/{session}: the slash redirect; our own paths
         ref = session_ref(request)
         route = await self.route(ref)
         if route is None:
             return await handler(request)
         if route.kind == "proxy" and request.method in ("GET", "HEAD"):
             try:
-                return await self._forward(request, route.target or "")
+                return await self._forward(request, route.target or "", ref)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 log.info("live dashboard unreachable; serving from storage",
                          extra={"session": ref.tail, "error": f"{type(exc).__name__}: {exc}"})
@@ -258,9 +280,10 @@ class LiveProxy:
             response.headers[INCOMPLETE_HEADER] = route.incomplete
         return response
 
-    async def _forward(self, request: web.Request, target: str) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, target: str, ref: SessionRef) -> web.StreamResponse:
         # /s/{ns}/{cluster}/{session}/<rest> -> <target>/<rest>, query string unchanged
-        url = f"{target}/{_origin_path(request).split('/', 5)[5]}"
+        rest = _origin_path(request).split('/', 5)[5]
+        url = f"{target}/{rest}"
         if request.rel_url.raw_query_string:
             url += "?" + request.rel_url.raw_query_string
         headers = {h: request.headers[h] for h in self.forward_headers if h in request.headers}
@@ -274,6 +297,9 @@ class LiveProxy:
             if upstream.status in (401, 403) and "Authorization" not in headers:
                 # Ray's token auth, not the caller's: the history in storage is better than Ray's refusal
                 raise RayTokenRefused(upstream.status, ray_token.HEADER in headers)
+            if rest == "" and request.method == "GET" and upstream.status == 200 \
+                    and upstream.content_type == "text/html":
+                return await self._index_with_banner(upstream, ref)
             response = web.StreamResponse(status=upstream.status)
             for name in _FORWARD_RESPONSE_HEADERS:
                 if name in upstream.headers:
@@ -287,6 +313,17 @@ class LiveProxy:
                 await response.write(chunk)
             await response.write_eof()
             return response
+
+    async def _index_with_banner(self, upstream: aiohttp.ClientResponse, ref: SessionRef) -> web.Response:
+        """The head's own index.html with the banner saying the session is live and proxied (a page of a few
+        kB: read whole). Its status comes from the index only (`load=0`): a proxied session is never loaded."""
+        body = await upstream.content.read(MAX_INDEX_BYTES + 1)
+        if len(body) <= MAX_INDEX_BYTES:
+            body = render_dashboard_index(body, ref, f"{self.status_path}?load=0", source="live")
+        headers = {name: upstream.headers[name] for name in _FORWARD_RESPONSE_HEADERS
+                   if name in upstream.headers and name != "ETag"}  # the page is ours now, not the head's
+        headers[SOURCE_HEADER] = "live"
+        return web.Response(body=body, status=200, headers=headers)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -357,7 +394,8 @@ async def mark_gone_sessions(
 def setup_live_proxy(
     app: web.Application, list_sessions: Callable[[], Awaitable[list[SessionInfo]]], store: Store,
     kubernetes: bool | None = None, sweep_interval: float = 30.0, forward_authorization: bool = True,
-    ray_token: Callable[[], str | None] | None = None,
+    ray_token: Callable[[], str | None] | None = None, live_sessions: LiveSessions = "proxy",
+    status_path: str = "rayhistory/status",
 ) -> LiveProxy:
     """Route live sessions of `app` to their clusters' dashboards, and mark dead those whose cluster is gone.
 
@@ -368,9 +406,9 @@ def setup_live_proxy(
     clusters = KubernetesClusters.from_environment() if kubernetes is not False else None
     if kubernetes and clusters is None:
         raise RuntimeError("Kubernetes access was asked for, but there is no in-cluster config and no kubeconfig")
-    log.info("live sessions", extra={"kubernetes": clusters is not None})
+    log.info("live sessions", extra={"kubernetes": clusters is not None, "live_sessions": live_sessions})
     proxy = LiveProxy(clusters, lookup_from_listing(list_sessions), forward_authorization=forward_authorization,
-                      ray_token=ray_token)
+                      ray_token=ray_token, live_sessions=live_sessions, status_path=status_path)
     app.middlewares.append(proxy.middleware)
 
     async def lifetime(app: web.Application):

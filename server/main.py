@@ -49,6 +49,15 @@ class Settings(CommonSettings):
     index_refresh_interval: float = Field(
         15.0, gt=0, description="seconds between reads of the session index; also how often live sessions refresh",
     )
+    live_sessions: Literal["proxy", "storage"] = Field(
+        "proxy", description="how live sessions are answered: proxy (to the running cluster's own dashboard, "
+        "found through Kubernetes) or storage (from what its collectors have flushed, reloaded incrementally at "
+        "most every --live-reload-s: the head is never asked)",
+    )
+    live_reload_s: float = Field(
+        15.0, gt=0, description="seconds a live session served from storage may be behind what storage holds "
+        "(it is reloaded incrementally, at most this often, while it is being looked at)",
+    )
     stale_after: float = Field(
         3600.0, ge=0, description="seconds without any write after which a live session shows as stale in the "
         "picker and its banner (a recording that stopped without a mark-dead; `rayhistory mark-dead` ends it); "

@@ -2,7 +2,8 @@
 
 Public port:
 - `/s/{namespace}/{cluster}/{session}/{path}` for every `api.ROUTES` entry (pure handlers over the
-  snapshot), plus `api/v0/logs/{media_type}` (bytes from storage, logs.py) and `rayhistory/status`
+  snapshot), plus `api/v0/logs/{media_type}` (bytes from storage, logs.py), `api/v0/platform_events` (the
+  Kubernetes Events the operator kept, platform_events.py) and `rayhistory/status`
   (load progress and completeness; it never waits for a load). The dashboard UI requests relative
   paths, so its API calls land here.
 - `GET /clusters`: sessions from the index, filtered and paged with an opaque cursor (no cap).
@@ -38,6 +39,7 @@ from rayhistory import layout
 from rayhistory.events import ts_ms
 from rayhistory.index import SessionIndex, SessionInfo, merge_records, session_last_activity_ms
 from rayhistory.layout import SessionRef
+from rayhistory.platform_events import platform_events_answer
 
 from . import api, api_captured, logs
 from .auth import VISIBLE_KEY
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATUS_PATH = "rayhistory/status"
+PLATFORM_EVENTS_PATH = "api/v0/platform_events"
 LAST_WRITE_TTL_S = 30.0  # how often a live session's storage is listed to tell whether it went stale
 LAST_WRITE_PER_PAGE = 200  # live sessions of one /clusters page whose staleness is checked
 STATUS_GRACE_S = 0.25  # how long the status page waits for a load it starts (it never waits for more)
@@ -370,6 +373,14 @@ class Routes:
         headers["Content-Disposition"] = f'attachment; filename="{download}"'
         return web.Response(body=data, content_type="text/plain", charset="utf-8", headers=headers)
 
+    async def platform_events(self, request: web.Request) -> web.Response:
+        """The Kubernetes Events the operator kept for the session (server/platform_events.py); 404 with none,
+        as Ray answers with platform events off (its UI then hides the page). HEAD is the UI's probe."""
+        records = await self.state.platform_events.records(session_ref(request))
+        if not records:
+            return web.Response(text="404: Not Found", status=404, content_type="text/plain")
+        return json_response(platform_events_answer(records))
+
     async def job_logs(self, request: web.Request) -> web.Response:
         """/api/jobs/{job_id}/logs: the whole driver log of a submission job, as {"logs": text}."""
         ref = session_ref(request)
@@ -391,7 +402,8 @@ class Routes:
         loader = self.state.loader
         entry = self.state.cache.peek(ref)
         body: dict[str, Any] = {"namespace": ref.namespace, "cluster": ref.cluster, "session": ref.session}
-        if entry is None and loader.job(ref) is None:
+        # load=0: what the index says only (the banner of a proxied live session: it is never loaded)
+        if entry is None and loader.job(ref) is None and request.query.get("load") != "0":
             # start the load, and give it a moment: an unknown session fails fast and gets its 404 here
             task = asyncio.ensure_future(loader.get(ref))
             await asyncio.wait([task], timeout=STATUS_GRACE_S)
@@ -401,7 +413,7 @@ class Routes:
             entry = self.state.cache.peek(ref)
         info = await self.session_info(ref)
         if info is not None:  # the index's view, for the banner (owner, times, state, staleness)
-            last = await self.last_write_ms(info)
+            last = await self.last_write_ms(info, always=True)
             body["index"] = index_fields(info, last, self.stale_after_ms())
         progress = loader.progress(ref)
         body["load_state"] = loader.state(ref)
@@ -414,6 +426,9 @@ class Routes:
             body["error"] = body["error"] or failure.error
         if entry is not None:
             body.update(completeness(entry))
+            if entry.live:  # served from storage: how fresh it is, for the banner
+                body["loaded_at_ms"] = int(time.time() * 1000 - (time.monotonic() - entry.loaded_at) * 1000)
+                body["reload_s"] = loader.live_refresh_s
             body["tasks"] = len(entry.snapshot.tasks)
             body["snapshot_key"] = entry.snapshot_key
             body["resident_bytes"] = entry.nbytes
@@ -433,10 +448,10 @@ class Routes:
     def stale_after_ms(self) -> int:
         return int(getattr(self.state.settings, "stale_after", 0) * 1000)
 
-    async def last_write_ms(self, info: SessionInfo) -> int:
+    async def last_write_ms(self, info: SessionInfo, always: bool = False) -> int:
         """When anything of a live session was last written (listed at most every LAST_WRITE_TTL_S); 0 for a
-        dead one (not needed) or when staleness is off."""
-        if info.state != "live" or not self.stale_after_ms():
+        dead one (not needed) or when staleness is off (unless `always`: the banner's newest flush)."""
+        if info.state != "live" or not (always or self.stale_after_ms()):
             return 0
         key = (info.namespace, info.cluster, info.session)
         known = self._last_write.get(key)
@@ -600,7 +615,8 @@ def body_response(status: int, body: Any, headers: dict[str, str]) -> web.Respon
 
 def add_public_routes(app: web.Application, state: ServerState) -> Routes:
     routes = Routes(state)
-    own = {("GET", "api/v0/logs/{media_type}"), ("GET", STATUS_PATH)}
+    own = {("GET", "api/v0/logs/{media_type}"), ("GET", STATUS_PATH), ("GET", PLATFORM_EVENTS_PATH)}
+    app.router.add_get(f"{SESSION_PREFIX}/{PLATFORM_EVENTS_PATH}", routes.platform_events)
     app.router.add_get(f"{SESSION_PREFIX}/api/v0/logs/{{media_type}}", routes.log_file)
     app.router.add_get(f"{SESSION_PREFIX}/{STATUS_PATH}", routes.status)
     app.router.add_get(f"{SESSION_PREFIX}/api/jobs/{{job_id}}/logs", routes.job_logs)
@@ -608,7 +624,7 @@ def add_public_routes(app: web.Application, state: ServerState) -> Routes:
         pattern = pattern.lstrip("/")
         if (method, pattern) in own:
             continue
-        if method == "GET":  # and HEAD, which the UI uses to probe (platform_events)
+        if method == "GET":  # and HEAD
             app.router.add_get(f"{SESSION_PREFIX}/{pattern}", routes.api_handler(pattern, handler))
         else:
             app.router.add_route(method, f"{SESSION_PREFIX}/{pattern}", routes.api_handler(pattern, handler))

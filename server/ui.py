@@ -130,11 +130,12 @@ BANNER_MARK = b'<div id="root">'
 NODES_PATH = "nodes?view=summary"
 
 
-def render_banner(ref: SessionRef, status_path: str) -> str:
+def render_banner(ref: SessionRef, status_path: str, source: str = "storage") -> str:
     """The context banner injected into a session's index.html: which session this is, its state and what is
-    missing (filled from `status_path` by its script), node log links, the way back and the shareable URL."""
+    missing (filled from `status_path` by its script), node log links, the way back and the shareable URL.
+    `source`: where the page's answers come from, storage or the live head (a proxied session)."""
     config = {"namespace": ref.namespace, "cluster": ref.cluster, "session": ref.session,
-              "statusPath": status_path, "nodesPath": NODES_PATH}
+              "statusPath": status_path, "nodesPath": NODES_PATH, "source": source}
     return (
         page_template("banner.html")
         .replace("{{picker}}", "../../../../")
@@ -142,12 +143,13 @@ def render_banner(ref: SessionRef, status_path: str) -> str:
     )
 
 
-def render_dashboard_index(index_html: bytes, ref: SessionRef, status_path: str) -> bytes:
-    """The build's index.html for one session: the banner before the app's root and a per-session <title>.
-    The build's own files are never rewritten; only this copy of its page, per request."""
+def render_dashboard_index(index_html: bytes, ref: SessionRef, status_path: str, source: str = "storage") -> bytes:
+    """The build's index.html for one session (or a live head's own, `source` "live"): the banner before the
+    app's root and a per-session <title>. The build's own files are never rewritten; only this copy of its
+    page, per request."""
     title = html.escape(f"Ray Dashboard · {ref.cluster} / {ref.session}").encode()
     page = re.sub(rb"<title>[^<]*</title>", b"<title>" + title + b"</title>", index_html, count=1)
-    banner = render_banner(ref, status_path).encode()
+    banner = render_banner(ref, status_path, source).encode()
     if BANNER_MARK in page:
         return page.replace(BANNER_MARK, banner + BANNER_MARK, 1)
     return page.replace(b"</body>", banner + b"</body>", 1)  # another build's layout: still shown

@@ -35,6 +35,7 @@ from rayhistory import layout
 from rayhistory.index import IndexRecord, SessionIndex, encode_record
 from rayhistory.layout import IndexKind, SessionRef
 from rayhistory.operator import config
+from rayhistory.platform_events import PlatformEventRecord, decode_batch, merge_records
 from rayhistory.store import Store
 from tests.conftest import HEAD_NODE_ID, SESSION_NAME, free_port, received_bodies
 from tests.k8s.cluster import Cluster, Process, child_env, wait_for
@@ -75,6 +76,7 @@ class Operator:
             "--retention-interval", "2", "--superseded-grace", str(SUPERSEDED_GRACE),
             "--prewarm-url", prewarm_url, "--prewarm-token", PREWARM_TOKEN, "--prewarm-timeout", "10",
             "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port),
+            "--platform-events-flush-interval", "1",
         ]
         self.process = Process("rayhistory-operator", argv, folder, env=child_env(KUBECONFIG=str(kubeconfig)))
         k8s.processes["rayhistory-operator"] = self.process  # its log is shown with the others on failure
@@ -100,6 +102,7 @@ class World:
         self.folder = folder
         self.store_url = store_url
         self.operator: Operator | None = None
+        self.public_url = ""  # the real server's public port
 
     def store(self) -> Store:
         return Store(self.store_url, {})
@@ -158,8 +161,9 @@ def loopback_overlay(folder: Path, webhook_port: int, ca_pem: bytes) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prewarm_server(tmp_path_factory) -> Iterator[tuple[str, str]]:
-    """The real `rayhistory server` on the test's file store; yields (store URL, internal base URL)."""
+def prewarm_server(tmp_path_factory) -> Iterator[tuple[str, str, str]]:
+    """The real `rayhistory server` on the test's file store; yields (store URL, internal base URL, public
+    base URL)."""
     folder = tmp_path_factory.mktemp("k8s-store")
     store_url = f"file://{folder / 'store'}"
     (folder / "store").mkdir()
@@ -167,14 +171,14 @@ def prewarm_server(tmp_path_factory) -> Iterator[tuple[str, str]]:
     proc = Process("rayhistory-server", [
         str(Path(sys.executable).parent / "rayhistory"), "server", "--storage", store_url,
         "--host", "127.0.0.1", "--port", str(port), "--internal-port", str(internal),
-        "--prewarm-token", PREWARM_TOKEN, "--log-format", "text"], folder).start()
+        "--prewarm-token", PREWARM_TOKEN, "--log-format", "text", "--index-refresh-interval", "1"], folder).start()
     url = f"http://127.0.0.1:{internal}"
     try:
         def healthy() -> bool:
             proc.check_alive()
             return urllib.request.urlopen(url + "/healthz", timeout=2).status == 200
         wait_for("the history server", healthy, timeout=60)
-        yield store_url, url
+        yield store_url, url, f"http://127.0.0.1:{port}"
     finally:
         proc.stop()
 
@@ -184,9 +188,10 @@ def world(k8s: Cluster, tmp_path_factory, prewarm_server) -> Iterator[World]:
     """crds/ and deploy/operator applied with kubectl (webhook by loopback URL); the operator running
     under its own ServiceAccount's token."""
     folder = tmp_path_factory.mktemp("k8s-operator")
-    store_url, prewarm_url = prewarm_server
+    store_url, prewarm_url, public_url = prewarm_server
     cert_dir, ca_pem = webhook_certs(folder / "webhook-tls")
     w = World(k8s, folder, store_url)
+    w.public_url = public_url
     # The port first: the overlay needs it.
     operator_port = free_port()
     overlay = loopback_overlay(folder / "overlay", operator_port, ca_pem)
@@ -470,6 +475,14 @@ def test_owner_kind_and_name_reach_the_collector(world: World, history: dict, ki
     pods = wait_for(f"the pods of {cname}", lambda: len(p := world.pods(cname)) == 2 and p, timeout=90)
     for pod in pods:
         assert_pod_injected(pod, cname, owner=(kind, name))
+    # An Event about the owner is kept in its cluster's session
+    ref = SessionRef(NS, cname, session_of_today(240))
+    world.write_record(ref, IndexKind.LIVE, [HEAD_NODE_ID])
+    owner = world.k8s.get(kind.lower(), name, "-n", NS)
+    post_event(world, regarding(owner), "DeadlineExceeded", f"the {kind} ran out of time", "ray-operator", "Stopping")
+    wait_for(f"the {kind}'s event in its cluster's session", lambda: any(
+        (r.kind, r.name, r.reason) == (kind, name, "DeadlineExceeded") for r in kept_events(world, ref)), timeout=60)
+    world.write_record(ref, IndexKind.FLUSHED, [HEAD_NODE_ID])
     # Deleting the owner deletes its cluster (garbage collector), which our finalizer records and releases.
     world.k8s.kubectl("delete", kind.lower(), name, "-n", NS, "--wait=false")
     wait_for(f"the {kind}'s cluster to be recorded and go", lambda: world.raycluster(cname) is None, timeout=120)
@@ -566,6 +579,100 @@ def test_operator_killed_mid_deletion_still_finishes(world: World, history: dict
     assert info.state == "dead" and info.dead_reason == "cluster deleted"
 
 
+# ---- 5b. Kubernetes Events, kept in the session ---------------------------------------------------
+
+def micro_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def regarding(obj: dict) -> dict:
+    meta = obj["metadata"]
+    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"], "namespace": NS,
+            "uid": meta["uid"]}
+
+
+def post_event(world: World, about: dict, reason: str, note: str, controller: str, action: str) -> dict:
+    """An Event as the scheduler or the kubelet reports one, created through the Events API (events.k8s.io/v1)."""
+    doc = {"apiVersion": "events.k8s.io/v1", "kind": "Event",
+           "metadata": {"generateName": f"{about['name']}-", "namespace": NS},
+           "eventTime": micro_now(), "reportingController": controller, "reportingInstance": f"{controller}-127.0.0.1",
+           "action": action, "reason": reason, "type": "Warning", "note": note, "regarding": about}
+    return json.loads(world.k8s.kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps(doc)))
+
+
+def kept_events(world: World, ref: SessionRef) -> list[PlatformEventRecord]:
+    """Every Kubernetes Event stored for the session, its latest version each."""
+    store = world.store()
+    records = [r for o in run(store.list(layout.platform_events_prefix(ref)))
+               for r in decode_batch(run(store.get(o.key)), 1 << 20)]
+    return merge_records(records)
+
+
+def test_kubernetes_events_of_a_cluster_and_its_pods_are_kept_in_its_session(world: World, history: dict):
+    pods = create_cluster(world, cluster_doc("eventful", workers=1), workers=1)
+    head = next(p for p in pods if p["metadata"]["labels"]["ray.io/node-type"] == "head")
+    worker = next(p for p in pods if p["metadata"]["labels"]["ray.io/node-type"] == "worker")
+    ref = SessionRef(NS, "eventful", session_of_today(300))
+    world.write_record(ref, IndexKind.LIVE, [HEAD_NODE_ID, NODE_WORKER])
+    failed = post_event(world, regarding(head), "FailedScheduling",
+                        "0/3 nodes are available: 3 Insufficient memory.", "default-scheduler", "Scheduling")
+    post_event(world, regarding(worker), "Evicted", "The node was low on resource: memory. Container ray-worker "
+               "was using 3Gi, request is 1Gi.", "kubelet", "Evicting")
+    post_event(world, regarding(head), "BackOff", f"Back-off restarting failed container ray-head in pod "
+               f"{head['metadata']['name']}", "kubelet", "Restarting")
+    # the scheduler tries again: the same Event, now a series of 4 (kept once, with its count)
+    world.k8s.kubectl("patch", "events.events.k8s.io", failed["metadata"]["name"], "-n", NS, "--type", "merge",
+                      "-p", json.dumps({"series": {"count": 4, "lastObservedTime": micro_now()}}))
+    # not this cluster's: a pod named like it that does not exist, and a pod of no cluster at all
+    post_event(world, {"apiVersion": "v1", "kind": "Pod", "name": "eventful-impostor", "namespace": NS,
+                       "uid": "00000000-0000-0000-0000-000000000001"}, "FailedScheduling", "not ours",
+               "default-scheduler", "Scheduling")
+
+    def kept() -> list[PlatformEventRecord] | None:
+        records = kept_events(world, ref)
+        reasons = {r.reason for r in records}
+        counted = [r.count for r in records if r.uid == failed["metadata"]["uid"]]
+        return records if {"FailedScheduling", "Evicted", "BackOff"} <= reasons and counted == [4] else None
+    records = wait_for("the operator to keep the events in the session", kept, timeout=60)
+    assert [r.reason for r in records].count("FailedScheduling") == 1
+    assert not any(r.name == "eventful-impostor" for r in records)
+    assert {(r.kind, r.name) for r in records if r.reason in ("BackOff", "Evicted")} == {
+        ("Pod", head["metadata"]["name"]), ("Pod", worker["metadata"]["name"])}
+    # KubeRay's own Events about the RayCluster (the real controller's, not the test's) are kept too
+    assert any(r.kind == "RayCluster" and r.name == "eventful" for r in records), [(r.kind, r.reason) for r in records]
+
+    # the kubelet's report of the head's Ray container, OOMKilled once and restarted (no kubelet here: the
+    # test writes the pod's status as one would); it is in the pod's status, not in any Event
+    ray_container = head["spec"]["containers"][0]["name"]
+    world.k8s.kubectl("patch", "pod", head["metadata"]["name"], "-n", NS, "--subresource=status", "--type", "merge",
+                      "-p", json.dumps({"status": {"containerStatuses": [{
+                          "name": ray_container, "ready": True, "restartCount": 1, "image": "rayproject/ray:2.60.0",
+                          "imageID": "", "state": {"running": {"startedAt": "2026-12-02T00:00:10Z"}},
+                          "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137,
+                                                       "startedAt": "2026-12-02T00:00:00Z",
+                                                       "finishedAt": "2026-12-02T00:00:09Z"}}}]}}))
+    world.k8s.kubectl("delete", "raycluster", "eventful", "-n", NS, "--wait=false")
+    wait_for("the operator to stop the cluster's pods", lambda: world.pods("eventful") == [], timeout=60)
+    world.write_record(ref, IndexKind.FLUSHED, [HEAD_NODE_ID, NODE_WORKER])
+    wait_for("the cluster to be released", lambda: world.raycluster("eventful") is None, timeout=FINALIZER_DEADLINE * 3)
+    assert world.sessions("eventful")[ref.session].state == "dead"
+    # the real server answers the dead session's Platform Events page from storage, in Ray's shape
+    url = f"{world.public_url}/s/{ref.tail}/api/v0/platform_events"
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10) as resp:
+        assert resp.status == 200
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        events = json.loads(resp.read())["data"]["events"]
+    shown = {(e["platformEvent"]["objectKind"], e["platformEvent"]["reason"]): e for e in events}
+    scheduling = shown[("Pod", "FailedScheduling")]
+    assert scheduling["severity"] == "WARNING" and scheduling["platformEvent"]["customFields"] == {"count": "4"}
+    assert scheduling["platformEvent"]["source"]["component"] == "default-scheduler"
+    assert ("Pod", "Evicted") in shown and ("Pod", "BackOff") in shown
+    # the OOMKill, from the status of the pod the operator deleted
+    oom = shown[("Pod", "OOMKilled")]
+    assert oom["platformEvent"]["objectName"] == head["metadata"]["name"]
+    assert oom["message"] == f"container {ray_container} terminated: OOMKilled (exit code 137), restarts 1"
+
+
 # ---- 6. retention --------------------------------------------------------------------------------
 
 def test_retention_against_the_real_api(world: World, history: dict):
@@ -634,7 +741,8 @@ def test_operator_has_no_write_it_does_not_use(world: World, history: dict):
     # What it uses (each exercised by a test above, under this very token).
     for verb, what in [("patch", "rayclusters.ray.io"), ("deletecollection", "pods"), ("create", "deployments.apps"),
                        ("patch", "rayhistories.rayhistory.io/status"), ("create", "events"),
-                       ("create", "clusterrolebindings.rbac.authorization.k8s.io")]:
+                       ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+                       ("list", "events"), ("watch", "events"), ("get", "pods")]:
         assert can_i(world, verb, what, "-A"), (verb, what)
     assert can_i(world, "bind", "clusterroles.rbac.authorization.k8s.io/rayhistory-server")
     # What it must not be able to do.

@@ -265,7 +265,8 @@ def test_collector_env_and_server_args_are_what_those_parts_read():
     from rayhistory.config import env_name, settings_from_args
 
     h = history({"storage": {"url": "s3://b/p"}, "server": {"cacheMaxSessions": 9, "cacheMaxBytes": 123456789,
-                                                              "loadTimeout": 33}})
+                                                              "loadTimeout": 33, "liveSessions": "storage",
+                                                              "liveReloadSeconds": 7}})
     spec = parse_spec(h["spec"])
     collector = specs.build_collector_container(spec, "demo", "ns", ("RayJob", "j"), True, "ray-logs")
     assert {e["name"] for e in collector["env"]} <= {env_name(f) for f in CollectorSettings.model_fields}
@@ -278,6 +279,7 @@ def test_collector_env_and_server_args_are_what_those_parts_read():
     settings = settings_from_args(ServerSettings, build_parser("server").parse_args(args))
     assert (settings.port, settings.internal_port) == (config.SERVER_PORT, config.SERVER_INTERNAL_PORT)
     assert (settings.cache_max_sessions, settings.cache_max_bytes, settings.load_timeout) == (9, 123456789, 33)
+    assert (settings.live_sessions, settings.live_reload_s) == ("storage", 7)
 
 
 def test_a_foreign_ray_logs_volume_is_not_reused():

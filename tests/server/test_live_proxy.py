@@ -10,6 +10,10 @@ tests/server and tests/e2e.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
+import re
+import urllib.request
 
 import pytest
 from aiohttp import web
@@ -23,12 +27,15 @@ from rayhistory.server import live_proxy as lp
 from rayhistory.server.app import create_app
 from rayhistory.server.main import Settings
 from rayhistory.store import Store
-from tests.conftest import SESSION_NAME, api_answer, free_port
+from tests.conftest import SESSION_NAME, api_answer, free_port, received_bodies
 from tests.kube_api import use_kmock_kubeconfig
-from tests.server.fixture_store import fixture_ref, write_fixture_session
+from tests.collector.process import collector_process
+from tests.server.fixture_store import fixture_ref, late_task_batch, late_task_id, write_fixture_session
+from tests.ui_page import without_additions
 
 NEWER_SESSION = "session_2026-11-24_08-00-00_000001_42"
 RAYCLUSTERS = "ray.io/v1/rayclusters"
+LIVE_INDEX = '<html><head><title>Ray Dashboard</title></head><body><div id="root"></div></body></html>'
 
 
 def info(session=SESSION_NAME, state="live", cluster="raycluster-a", start_ms=1):
@@ -65,6 +72,10 @@ def test_decide_route():
     no_k8s = lp.decide_route(live, [live], None)
     assert no_k8s.kind == "storage" and no_k8s.incomplete and not no_k8s.dead
     assert lp.effective_state(live, [live], None) == "live"
+    # --live-sessions storage: never proxied, and Kubernetes still says what is over
+    assert lp.decide_route(live, [live], up, "storage") == lp.Route("storage", incomplete=lp.FROM_STORAGE)
+    assert lp.decide_route(live, [live], lp.ClusterView(False), "storage").dead
+    assert lp.decide_route(live, [live, newer], up, "storage").dead
 
 
 # ---- through HTTP --------------------------------------------------------------------------------
@@ -80,12 +91,17 @@ async def live_dashboard():
 
     async def index(request):
         seen.append(request)
-        return web.Response(text="<html>the live dashboard</html>", content_type="text/html")
+        return web.Response(text=LIVE_INDEX, content_type="text/html", headers={"ETag": '"head-etag"'})
+
+    async def anything_else(request):
+        seen.append(request)
+        raise web.HTTPNotFound()
 
     app = web.Application()
     app.router.add_get("/", index)
     app.router.add_get("/api/jobs/", jobs)
     app.router.add_post("/api/jobs/", jobs)
+    app.router.add_route("*", "/{tail:.*}", anything_else)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
@@ -244,7 +260,17 @@ async def test_server_proxies_live_sessions_and_marks_gone_ones_dead(kmock, live
         resp = await client.get(f"/s/ray/raycluster-a/{running.session}", allow_redirects=False)
         assert resp.status == 302 and resp.headers["Location"] == f"{running.session}/"
         resp = await client.get(f"/s/ray/raycluster-a/{running.session}/")
-        assert await resp.text() == "<html>the live dashboard</html>"
+        page = await resp.text()
+        assert resp.headers[lp.SOURCE_HEADER] == "live" and "ETag" not in resp.headers
+        # the head's own page, with the banner saying it is live and proxied (taken off: the head's page)
+        assert without_additions(page.encode()).decode() == LIVE_INDEX
+        config = json.loads(re.search(r"const CONFIG = (\{.*?\});", page).group(1))
+        assert (config["source"], config["statusPath"]) == ("live", "rayhistory/status?load=0")
+        assert f"<title>Ray Dashboard · raycluster-a / {running.session}</title>" in page
+        # the banner's status is the server's own, never the head's, and loads nothing
+        resp = await client.get(f"/s/ray/raycluster-a/{running.session}/rayhistory/status?load=0")
+        status = await resp.json()
+        assert status["index"]["state"] == "live" and status["ready"] is False and status["load_state"] != "loading"
         assert len(seen) == 2
         # the RayCluster of the other session is gone: served from storage, and marked dead in the index
         resp = await client.get(f"/s/ray/deleted-cluster/{gone.session}/api/jobs/")
@@ -304,3 +330,56 @@ async def test_an_absolute_form_request_target_is_proxied_to_the_same_path(kmock
             assert headers[lp.SOURCE_HEADER.lower()] == "live", target
             assert seen[-1].path == "/api/jobs/" and seen[-1].query_string == "x=1", (target, seen[-1].path_qs)
         assert len(seen) == 3
+
+
+def post_events(url: str, body: bytes) -> int:
+    request = urllib.request.Request(url + "/v1/events", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return resp.status
+
+
+async def test_storage_mode_serves_a_live_session_from_its_collectors_flushes_and_never_asks_the_head(
+    kmock, live_dashboard, tmp_path, monkeypatch,
+):
+    """--live-sessions storage: the cluster runs and Kubernetes knows its head's dashboard, but every answer
+    comes from what the real collector (a process, flushing every 0.3 s) wrote, and follows new flushes."""
+    server, seen = live_dashboard
+    use_kmock_kubeconfig(kmock, tmp_path, monkeypatch)
+    add_raycluster(kmock, "raycluster-a", server.port)
+    store_url = f"file://{tmp_path / 'store'}"
+    (tmp_path / "ray").mkdir()
+    ref = SessionRef("ray", "raycluster-a", SESSION_NAME)
+    tasks = f"/s/{ref.tail}/api/v0/tasks?detail=1&limit=10000"
+    with collector_process(store_url, tmp_path / "spool", tmp_path / "ray", namespace="ray",
+                           cluster_name="raycluster-a", flush_interval=0.3, log_upload_interval=3600) as collector:
+        for body in received_bodies():
+            assert await asyncio.to_thread(post_events, collector.url, json.dumps(body).encode()) == 200
+        for _ in range(100):  # the collector's first flush and its `live` index record
+            if await SessionIndex(Store(store_url)).session(ref) is not None:
+                break
+            await asyncio.sleep(0.1)
+        settings = Settings(storage=store_url, live_sessions="storage", live_reload_s=0.5, index_refresh_interval=0.2)
+        public, _ = create_app(settings)
+        async with TestClient(TestServer(public)) as client:
+            async def task_ids() -> set[str]:
+                resp = await client.get(tasks)
+                assert resp.status == 200
+                assert resp.headers[lp.SOURCE_HEADER] == "storage" and resp.headers[lp.INCOMPLETE_HEADER] == lp.FROM_STORAGE
+                return {t["task_id"] for t in (await resp.json())["data"]["result"]["result"]}
+
+            before = await task_ids()
+            assert before  # the fixture's tasks, as flushed
+            late = [line for line in gzip.decompress(late_task_batch(1)).splitlines() if line]
+            assert await asyncio.to_thread(post_events, collector.url, b"[" + b",".join(late) + b"]") == 200
+            for _ in range(200):  # the next flush, then the next reload (at most every 0.5 s)
+                after = await task_ids()
+                if late_task_id(1) in after:
+                    break
+                await asyncio.sleep(0.1)
+            assert after == before | {late_task_id(1)}
+            status = await (await client.get(f"/s/{ref.tail}/rayhistory/status")).json()
+            assert status["state"] == "live" and status["reload_s"] == 0.5
+            assert 0 < layout.now_ms() - status["loaded_at_ms"] < 30_000
+            page = await (await client.get(f"/s/{ref.tail}/")).text()
+            assert '"source": "storage"' in page  # the build's page and banner, not the head's
+    assert seen == []  # the head was never asked anything

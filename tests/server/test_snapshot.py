@@ -318,7 +318,7 @@ def test_routes_are_unique_and_cover_the_ui_paths():
     for ui_path in ("/logical/actors", "/logical/actors/{actor_id}", "/nodes", "/nodes/{node_id}", "/api/jobs/",
                     "/api/jobs/{job_id}", "/api/v0/tasks/summarize", "/api/v0/tasks", "/api/v0/tasks/timeline",
                     "/api/v0/placement_groups", "/api/v0/logs", "/events", "/api/cluster_status",
-                    "/api/serve/applications/", "/api/data/datasets/{job_id}", "/api/v0/platform_events",
+                    "/api/serve/applications/", "/api/data/datasets/{job_id}",
                     "/usage_stats_enabled", "/api/v0/cluster_metadata", "/api/v0/runtime_env_redaction",
                     "/api/profiling_enabled", "/api/authentication_mode", "/api/grafana_health",
                     "/api/prometheus_health", "/timezone", "/api/v0/actors", "/api/v0/nodes", "/api/v0/jobs",

@@ -138,7 +138,7 @@ async def test_session_page_carries_the_banner_and_a_per_session_title(client):
     assert 'href="../../../../"' in page
     config = json.loads(re.search(r"const CONFIG = (\{.*?\});", page).group(1))
     assert config == {"namespace": "ray", "cluster": "demo", "session": SESSION_NAME, "statusPath": STATUS_PATH,
-                      "nodesPath": "nodes?view=summary"}
+                      "nodesPath": "nodes?view=summary", "source": "storage"}
     assert "{{" not in page
     # the build's own file is untouched
     assert b"rayhistory" not in (installed_build() / "index.html").read_bytes()
