@@ -30,7 +30,7 @@ from tests.backends import in_ci, require_tool
 
 IP = Path(shutil.which("ip") or "/usr/sbin/ip")
 CLONE_NEWNET = 0x40000000
-# One /30 per namespace, picked from the pid so that parallel runs on one machine do not collide.
+# One /30 per namespace: the first free one from where the pid points, so that parallel runs do not collide.
 SUBNET_BASE = "10.254"
 
 
@@ -65,7 +65,9 @@ def network_namespace(index: int = 0) -> Iterator[NetnsHost]:
     require_netns()
     tag = f"{os.getpid() % 10000}x{index}"
     name, outside, inside = f"rh-{tag}", f"rh{tag}h", f"rh{tag}n"
-    third = (os.getpid() * 4 + index) % 250 + 1
+    in_use = subprocess.run([str(IP), "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=30).stdout
+    start = (os.getpid() * 4 + index) % 250
+    third = next(t for t in ((start + k) % 250 + 1 for k in range(250)) if f" {SUBNET_BASE}.{t}." not in in_use)
     gateway, address = f"{SUBNET_BASE}.{third}.1", f"{SUBNET_BASE}.{third}.2"
     _ip("netns", "add", name)
     try:
