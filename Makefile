@@ -9,6 +9,8 @@ TOOLS  := .tools
 STAMP  := $(VENV)/.installed-stamp
 AZURITE := $(TOOLS)/node_modules/.bin/azurite-blob
 CHROMIUM ?= /usr/bin/chromium
+# `ip` for the Ingress tests' network namespaces (tests/ingress/netns.py)
+IPROUTE2 ?= /usr/sbin/ip
 PYTEST_ARGS ?=
 
 .PHONY: k8s-tools test-k8s setup test test-fast test-slow bench bench-server bench-collector clean dashboard demo
@@ -22,20 +24,27 @@ $(STAMP): pyproject.toml
 $(AZURITE):
 	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error azurite@3
 
-$(CHROMIUM):
-	@if [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null; \
+# A Debian package, installed when run as root (CI runs as root), else the command to run.
+apt_install = @if [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1)) >/dev/null; \
 	else \
-	  echo "chromium missing: run 'sudo apt-get install chromium' for the browser tests"; \
+	  echo "$(1) missing: run 'sudo apt-get install $(1)' for $(2)"; \
 	fi
 
-## The real Kubernetes control plane for `pytest -m k8s`: kube-apiserver, kube-controller-manager, kubectl
-## and the KubeRay operator, built from Go modules into .tools/k8s-<version>/ and .tools/kuberay-<version>/
-## when missing (tests/k8s/build.sh; the first build takes long, see README).
+$(CHROMIUM):
+	$(call apt_install,chromium,the browser tests)
+
+$(IPROUTE2):
+	$(call apt_install,iproute2,the Ingress tests)
+
+## The real Kubernetes control plane for `pytest -m k8s`: kube-apiserver, kube-controller-manager, kubectl,
+## the KubeRay operator and Traefik (the Ingress tests' controller), built from Go modules into
+## .tools/k8s-<version>/, .tools/kuberay-<version>/ and .tools/traefik-<version>/ when missing
+## (tests/k8s/build.sh; the first build takes long, see README).
 k8s-tools:
 	bash tests/k8s/build.sh
 
-setup: $(STAMP) $(AZURITE) $(CHROMIUM) k8s-tools
+setup: $(STAMP) $(AZURITE) $(CHROMIUM) $(IPROUTE2) k8s-tools
 
 ## The whole suite, slow end-to-end tests included (what CI runs).
 test: setup

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -57,15 +58,16 @@ async def running_server(store_url: str, **extra):
         await asyncio.wait_for(server, 30)
 
 
-@pytest.fixture
-async def browser(tmp_path):
+@contextlib.asynccontextmanager
+async def chromium(profile: Path, extra_args: Sequence[str] = ()):
+    """A Chromium context of its own profile; `extra_args` add to CHROMIUM_ARGS (a host resolver rule, a pin)."""
     require_tool(CHROMIUM, "apt-get install chromium (Debian's; playwright's own browsers are never downloaded)")
     from playwright.async_api import async_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=[*CHROMIUM_ARGS, *extra_args],
             viewport={"width": 1440, "height": 900}, accept_downloads=True, timezone_id="UTC",
         )
         context.set_default_timeout(UI_TIMEOUT_MS)
@@ -73,6 +75,12 @@ async def browser(tmp_path):
             yield context
         finally:
             await context.close()
+
+
+@pytest.fixture
+async def browser(tmp_path):
+    async with chromium(tmp_path / "chromium-profile") as context:
+        yield context
 
 
 def session_url(base: str, ref) -> str:
@@ -95,13 +103,13 @@ async def shot(page, name: str) -> None:
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
-async def show_failed_task(page, job_url: str, task_name: str) -> None:
-    """A job's page with its task table filtered to FAILED, the row of `task_name` in view (asserted failed)."""
-    await page.goto(job_url)
+async def show_failed_task(page, task_text: str):
+    """On a job's page: its task table filtered to FAILED, scrolled to the row with `task_text` (returned)."""
     await page.get_by_text("Task Table").first.click()
     await page.get_by_label("State").first.fill("FAILED")
-    failed_row = page.locator("tr", has_text=task_name)
-    await failed_row.first.wait_for()
-    assert "FAILED" in await failed_row.first.inner_text()
+    row = page.locator("tr", has_text=task_text).first
+    await row.wait_for()
+    assert "FAILED" in await row.inner_text()
     await page.keyboard.press("Escape")  # close the filter's dropdown before the picture
-    await failed_row.first.scroll_into_view_if_needed()
+    await row.scroll_into_view_if_needed()
+    return row

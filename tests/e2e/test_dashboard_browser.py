@@ -21,7 +21,8 @@ from rayhistory.index import SessionIndex
 from rayhistory.layout import IndexKind, SessionRef
 from rayhistory.store import Store
 from tests.conftest import HEAD_NODE_ID, SESSION_NAME
-from tests.e2e.browser import browser, running_server, screenshot_on_failure, session_url, shot, show_failed_task  # noqa: F401
+from tests.e2e.browser import (browser, running_server, screenshot_on_failure, session_url, shot,  # noqa: F401
+                               show_failed_task)
 from tests.server.fixture_store import fixture_ref, write_fixture_session, write_index
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -75,7 +76,8 @@ async def test_picker_enters_the_dead_session_and_every_page_shows_its_data(hist
         await shot(page, "03-jobs")
 
         # -- one job: its task table with the failed task --
-        await show_failed_task(page, session_url(base, ref) + "#/jobs/01000000", "boom")
+        await page.goto(session_url(base, ref) + "#/jobs/01000000")
+        await show_failed_task(page, "boom")
         await shot(page, "04-job-failed-task")
 
         # -- actors: the dead ones and why they died --
@@ -197,13 +199,7 @@ async def test_demo_session_in_the_browser(demo_session_server, browser):
         # the driver's job (its entrypoint ran the workload): the failed task
         await page.goto(session_url(base, ref) + "#/jobs")
         await page.locator("tr", has_text="--run-workload").get_by_role("link").first.click()
-        await page.get_by_text("Task Table").first.click()
-        await page.get_by_label("State").first.fill("FAILED")
-        boom = page.locator("tr", has_text="boom").first
-        await boom.wait_for()
-        assert "FAILED" in await boom.inner_text()
-        await page.keyboard.press("Escape")
-        await boom.scroll_into_view_if_needed()
+        await show_failed_task(page, "boom")
         await shot(page, "demo-03-failed-task")
 
 

@@ -199,7 +199,8 @@ async def test_imported_session_in_the_browser(imported, browser):  # noqa: F811
             await page.get_by_role("table").first.wait_for()
             await shot(page, "40-imported-session-jobs")
             # a job's task table: the job's captured task list, with the task that failed
-            await show_failed_task(page, session_url(base, ref) + "#/jobs/01000000", "boom")
+            await page.goto(session_url(base, ref) + "#/jobs/01000000")
+            await show_failed_task(page, "boom")
             await shot(page, "41-imported-session-failed-task")
             await page.goto(session_url(base, ref) + "#/actors")
             await page.get_by_text("detached_actor").first.wait_for()

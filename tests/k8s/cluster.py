@@ -182,6 +182,23 @@ class Process:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
 
+    def wait_ready(self, what: str, check: Callable[[], Any], timeout: float = 60.0) -> None:
+        """Poll `check` until it holds; fails at once, with the log's tail, if the process exits first."""
+        def alive_and_ready() -> Any:
+            self.check_alive()
+            return check()
+        wait_for(what, alive_and_ready, timeout=timeout)
+
+    @contextlib.contextmanager
+    def running(self, what: str, check: Callable[[], Any], timeout: float = 60.0) -> Iterator[Process]:
+        """Started and ready (`check` holds) inside the block, stopped after it."""
+        self.start()
+        try:
+            self.wait_ready(what, check, timeout)
+            yield self
+        finally:
+            self.stop()
+
     def tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -436,6 +453,20 @@ def running_cluster(folder: Path, tools: Tools | None = None, with_kuberay: bool
         raise
     finally:
         cluster.stop()
+
+
+def viewer_grant(namespace: str, subject: dict) -> list[dict]:
+    """A Role to read RayClusters in `namespace` and its RoleBinding to `subject` (a User or a Group): what
+    --auth kubernetes asks a SubjectAccessReview about."""
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "ray-viewer",
+                                                                                 "namespace": namespace},
+         "rules": [{"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "list"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "ray-viewer", "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ray-viewer"},
+         "subjects": [subject]},
+    ]
 
 
 def now_rfc3339() -> str:

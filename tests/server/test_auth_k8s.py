@@ -11,7 +11,7 @@ import pytest
 
 from rayhistory.store import Store
 from tests.conftest import free_port
-from tests.k8s.cluster import USERS, Cluster, running_cluster, write_kubeconfig
+from tests.k8s.cluster import USERS, Cluster, running_cluster, viewer_grant, write_kubeconfig
 from tests.e2e.browser import browser  # noqa: F401 - the Chromium fixture
 from tests.server.fixture_store import fixture_ref, log_files, running_server, write_fixture_session
 
@@ -30,18 +30,6 @@ def server_rbac() -> list[dict]:
          "metadata": {"name": "auth-test-server"},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "auth-test-server"},
          "subjects": [{"kind": "ServiceAccount", "name": "server", "namespace": SERVER_NS}]},
-    ]
-
-
-def viewer_grant(namespace: str, subject: dict) -> list[dict]:
-    return [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "ray-viewer",
-                                                                                 "namespace": namespace},
-         "rules": [{"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "list"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": "ray-viewer", "namespace": namespace},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ray-viewer"},
-         "subjects": [subject]},
     ]
 
 
