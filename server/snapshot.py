@@ -60,7 +60,7 @@ FINISHED, FAILED = TASK_STATE_CODE["FINISHED"], TASK_STATE_CODE["FAILED"]
 NIL_PLACEMENT_GROUP = "ff" * 18
 
 _TRANSITION = struct.Struct("<Bq")  # state code, timestamp ns
-_PROFILE = struct.Struct("<IqqI")  # event name (string index), start ns, end ns, extra data (string index)
+PROFILE_ENTRY = struct.Struct("<IqqI")  # event name (string index), start ns, end ns, extra data (string index)
 _LOG_OFFSETS = struct.Struct("<4q")  # stdout start, stdout end, stderr start, stderr end; -1: absent
 
 
@@ -99,7 +99,7 @@ class Task(Struct, array_like=True, gc=False):
     log_offsets: bytes = b""
     debugger_paused: int = 0  # 0 unknown, 1 false, 2 true
     transitions: bytes = b""  # packed _TRANSITION, sorted by (timestamp, state)
-    profile: bytes = b""  # packed _PROFILE, sorted by end time
+    profile: bytes = b""  # packed PROFILE_ENTRY, sorted by end time
     component: int = 0  # "component_type\ncomponent_id\nnode_ip" of the profile events
     state: int = 0  # the state the dashboard shows (TASK_STATES code); derived in build()
     end_ns: int = 0  # derived: FINISHED/FAILED time, recorded or derived (docs/dead-sessions.md)
@@ -250,7 +250,7 @@ def task_transitions(task: Task) -> list[tuple[int, int]]:
 
 def task_profile(task: Task) -> list[tuple[int, int, int, int]]:
     """[(event name index, start ns, end ns, extra data index)] sorted by end."""
-    return list(_PROFILE.iter_unpack(task.profile))
+    return list(PROFILE_ENTRY.iter_unpack(task.profile))
 
 
 def _join(a, b):
@@ -455,20 +455,26 @@ def _hex(b64: str) -> str:
         return ""
 
 
-_ns_of_second: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS." -> ns since the epoch
+class _SecondStarts(dict):
+    """"YYYY-MM-DDTHH:MM:SS." -> ns since the epoch of that second: `starts[prefix]` is one lookup in C."""
+
+    def __missing__(self, prefix: str) -> int:
+        if prefix[19] != ".":
+            raise ValueError(f"not an RFC3339 timestamp: {prefix!r}")
+        start = ts_ns(prefix[:19] + "Z")
+        if len(self) < 1 << 20:
+            self[prefix] = start
+        return start
+
+
+_second_starts = _SecondStarts()
 
 
 def _ts(value: str) -> int:
     """ts_ns with a fast path for Ray's own form (nine fractional digits, 'Z'): the builder's hottest call."""
-    if len(value) == 30 and value[19] == "." and value[29] == "Z":
-        second = value[:20]
-        base = _ns_of_second.get(second)
-        if base is None:
-            base = ts_ns(value[:19] + "Z")
-            if len(_ns_of_second) < 1 << 20:
-                _ns_of_second[second] = base
+    if len(value) == 30 and value[29] == "Z":
         try:
-            return base + int(value[20:29])
+            return _second_starts[value[:20]] + int(value[20:29])
         except ValueError:
             pass
     return ts_ns(value)
@@ -995,7 +1001,7 @@ class SnapshotBuilder:
         index[None] = 0  # a field never set
         ref = index.__getitem__
         end_ns = self.end_ms * 1_000_000
-        pack_transition, pack_profile, pack_offsets = _TRANSITION.pack, _PROFILE.pack, _LOG_OFFSETS.pack
+        pack_transition, pack_profile, pack_offsets = _TRANSITION.pack, PROFILE_ENTRY.pack, _LOG_OFFSETS.pack
         by_hex: dict[tuple[str, int], dict] = {}
         for (b64, attempt), fields in self._tasks.items():
             key = (_hex(b64), attempt)
@@ -1089,7 +1095,7 @@ class SnapshotBuilder:
             _put(f, "component", strings[t.component])
             f["t"] = b"".join(_ACC_TRANSITION.pack(ts, code) for code, ts in _TRANSITION.iter_unpack(t.transitions))
             f["p"] = b"".join(_ACC_PROFILE.pack(e, s, b._word(strings[n]), b._word(strings[x]))
-                              for n, s, e, x in _PROFILE.iter_unpack(t.profile))
+                              for n, s, e, x in PROFILE_ENTRY.iter_unpack(t.profile))
         b._actors = {a.actor_id: msgspec.structs.replace(a) for a in snapshot.actors}
         b._nodes = {n.node_id: msgspec.structs.replace(n) for n in snapshot.nodes}
         b._workers = {w.worker_id: msgspec.structs.replace(w) for w in snapshot.workers}
