@@ -142,10 +142,10 @@ def _floor(batches: dict[str, bytes]) -> None:
     """The physical floor of a cold build: gunzip every stored batch and decode, typed, only the fields the
     builder reads (its own decoder), one batch at a time as the builder does; no merge, nothing built."""
     from rayhistory.compression import gunzip
-    from rayhistory.server.snapshot import _stored_event
+    from rayhistory.server.stored_events import STORED_EVENT
 
     for data in batches.values():
-        _stored_event.decode_lines(gunzip(data))
+        STORED_EVENT.decode_lines(gunzip(data))
 
 
 def _rss_mb() -> float:

@@ -19,7 +19,7 @@ from .api_common import (
     _HEX, ApiError, Filter, Query, _bool, _list_body, _list_options, _ms, _nil, _shared_json, parse_filters,
 )
 from .cache import EncodedRows
-from .snapshot import FAILED, FINISHED, TASK_STATES, Snapshot, Task, task_log_info, task_profile, task_transitions
+from .snapshot_model import FAILED, FINISHED, TASK_STATES, Snapshot, Task, task_log_info, task_profile, task_transitions
 
 
 TASK_COLUMNS = ("task_id", "attempt_number", "name", "state", "job_id", "actor_id", "type", "func_or_class_name",

@@ -9,7 +9,8 @@ import msgspec
 
 from .api_common import Filter, Query, _nil, _shared_json
 from .api_tasks import select_tasks
-from .snapshot import PROFILE_ENTRY, Snapshot, Task, _gc_paused
+from .gc_pause import gc_paused
+from .snapshot_model import PROFILE_ENTRY, Snapshot, Task
 
 
 class _TraceEvent(msgspec.Struct, gc=False):
@@ -39,7 +40,7 @@ def task_timeline(s: Snapshot, query: Query) -> tuple[int, bytes]:
     tasks, _ = select_tasks(s, filters, True)
     # the events are structs of atoms and shared parsed JSON, no cycles: without the pause, the GC's passes
     # over the hundreds of thousands of objects being made take as long as making them
-    with _gc_paused():
+    with gc_paused():
         return 200, _encode(_trace_events(s, tasks))
 
 

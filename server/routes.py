@@ -42,7 +42,7 @@ from rayhistory.layout import SessionRef
 from . import api, logs
 from .auth import VISIBLE_KEY
 from .cache import CacheEntry
-from .snapshot import FAILED
+from .snapshot_model import FAILED
 from .loader import LoadTimeout, LoadUnavailable, SessionNotFound
 from .ui import SESSION_PREFIX, session_base, session_ref
 

@@ -34,9 +34,8 @@ from rayhistory.layout import SessionRef
 from rayhistory.store import ObjectInfo, ObjectNotFound, Store
 
 from . import logs
-from .snapshot import (
-    FORMAT_VERSION, SNAPSHOT_LIMITS, Snapshot, SnapshotBuilder, decode_snapshot, encode_snapshot,
-)
+from .snapshot import SnapshotBuilder
+from .snapshot_model import FORMAT_VERSION, SNAPSHOT_LIMITS, Snapshot, decode_snapshot, encode_snapshot
 
 log = logging.getLogger(__name__)
 
