@@ -7,8 +7,9 @@ Merging is a join of semilattices, so the result does not depend on arrival orde
 - task attempts are keyed by (task id, attempt), actors/nodes/workers/jobs by id;
 - state transitions are a set keyed by (state, timestamp), ordered by timestamp;
 - a scalar seen twice keeps the non-empty, greatest value (it is normally the same value twice);
-- events are deduplicated by eventId within a build; across builds the merge above is idempotent,
-  and batch keys already covered (`Snapshot.covered`) are skipped.
+- so an event folded in twice (Ray resends, a collector flushes twice) changes nothing, and batch keys
+  already covered (`Snapshot.covered`) are skipped. Event ids are not kept: a set of them cost more
+  memory (58 MB per 100k tasks) than the tasks being built.
 """
 
 from __future__ import annotations
@@ -76,6 +77,17 @@ class _HexIds(dict):
             self.clear()
         value = self[b64] = _hex(b64)
         return value
+
+
+class _Shared(dict):
+    """A string -> its first copy (`shared[text]` is one lookup in C): every event decodes its own copy of
+    values that thousands of tasks share."""
+
+    def __missing__(self, text: str) -> str:
+        if len(self) > 1 << 18:
+            self.clear()
+        self[text] = text
+        return text
 
 
 class _Interner(dict):
@@ -278,14 +290,15 @@ class SnapshotBuilder:
         self._covered: set[str] = set()
         self._missing: dict[str, str] = {}
         self._corrupt: dict[str, str] = {}
-        self._event_ids: set[str] = set()
+        self._events_folded = 0
+        self._text = _Shared()  # one copy of each string the events repeat (log file names, names, languages)
         self._events_rejected = 0
         self._objects_seen: set[str] = set()
 
     @property
     def events_parsed(self) -> int:
-        """Events folded in by this builder so far (distinct eventIds): a progress figure for loaders."""
-        return len(self._event_ids)
+        """Events folded in by this builder so far (one sent twice counts twice): a progress figure for loaders."""
+        return self._events_folded
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -334,11 +347,8 @@ class SnapshotBuilder:
                 return careful
             events, rejected = careful
             self._events_rejected += rejected
-        seen = self._event_ids
+        folded = 0
         for event in events:
-            event_id = event.event_id
-            if event_id in seen:
-                continue
             handler = _HANDLERS.get(event.event_type)
             if handler is not None:
                 payload_of, fold = handler
@@ -347,9 +357,10 @@ class SnapshotBuilder:
                 except Exception as exc:  # noqa: BLE001 - ValueError, TypeError, RecursionError, ...: this event alone
                     # valid envelope, unusable payload (e.g. a nested timestamp that is not RFC3339)
                     self._events_rejected += 1
-                    log.debug("event rejected", extra={"key": key, "event_id": event_id, "error": str(exc)})
+                    log.debug("event rejected", extra={"key": key, "event_id": event.event_id, "error": str(exc)})
                     continue
-            seen.add(event_id)
+            folded += 1
+        self._events_folded += folded
         return ""
 
     def add_endpoint(self, name: str, data: bytes, key: str = "") -> None:
@@ -427,12 +438,14 @@ class SnapshotBuilder:
         resources = self._cached(self._resources_json, d.required_resources, resources_of)
         labels = self._cached(self._labels_json, d.label_selector, labels_of)
         pg = self._id(d.placement_group_id)
+        text = self._text
         f = self._task(d.task_id, d.task_attempt)
         _put_all(f, (
-            ("name", name), ("func", func), ("type", task_type), ("actor", actor), ("language", d.language),
-            ("job", self._id(d.job_id)), ("parent", self._id(d.parent_task_id)),
+            ("name", text[name]), ("func", func), ("type", text[task_type]), ("actor", actor),
+            ("language", text[d.language]), ("job", self._id(d.job_id)), ("parent", self._id(d.parent_task_id)),
             ("placement_group", "" if pg == NIL_PLACEMENT_GROUP else pg), ("resources", resources),
-            ("runtime_env", d.serialized_runtime_env), ("call_site", d.call_site), ("label_selector", labels),
+            ("runtime_env", text[d.serialized_runtime_env]), ("call_site", text[d.call_site]),
+            ("label_selector", labels),
         ))
 
     def _task_lifecycle(self, e: TaskLifecycle) -> None:
@@ -456,7 +469,7 @@ class SnapshotBuilder:
         if e.worker_pid:
             _put(f, "worker_pid", e.worker_pid)
         if e.actor_repr_name:
-            _put(f, "repr_name", e.actor_repr_name)
+            _put(f, "repr_name", self._text[e.actor_repr_name])
         if e.is_debugger_paused:
             _put(f, "debugger_paused", 2)
         if e.ray_error_info:
@@ -466,7 +479,7 @@ class SnapshotBuilder:
         if info is not None:
             # offsets arrive in several events (start when the task runs, end when it finishes): merge per field
             _put_all(f, (
-                ("stdout_file", info.stdout_file), ("stderr_file", info.stderr_file),
+                ("stdout_file", self._text[info.stdout_file]), ("stderr_file", self._text[info.stderr_file]),
                 ("stdout_start", _log_offset(info.stdout_start)), ("stdout_end", _log_offset(info.stdout_end)),
                 ("stderr_start", _log_offset(info.stderr_start)), ("stderr_end", _log_offset(info.stderr_end)),
             ))
@@ -478,7 +491,7 @@ class SnapshotBuilder:
         pe = p.profile_events
         if pe is None:
             return
-        _put(f, "component", f"{pe.component_type}\n{self._id(pe.component_id)}\n{pe.node_ip_address}")
+        _put(f, "component", self._text[f"{pe.component_type}\n{self._id(pe.component_id)}\n{pe.node_ip_address}"])
         word, pack, events = self._word_index.__getitem__, _ACC_PROFILE.pack, pe.events
         try:  # times are decimal strings (64-bit integers in protobuf JSON): int() first, _int's leniency if not
             packed = [pack(int(ev.end_time or 0), int(ev.start_time or 0), word(ev.event_name),

@@ -241,11 +241,6 @@ async def _finish(
     return BuildResult(snapshot, manifest, stored_key, wrote, source)
 
 
-def _events_parsed(builder: SnapshotBuilder) -> int:
-    # The builder keeps the ids it has folded in (for dedup); their count is the progress figure.
-    return len(getattr(builder, "_event_ids", ()))
-
-
 async def _fold_events(
     store: Store, builder: SnapshotBuilder, infos: list[ObjectInfo], manifest: dict[str, int], progress: LoadProgress,
 ) -> None:
@@ -264,7 +259,7 @@ async def _fold_events(
             manifest[info.key] = info.size
             progress.objects_done += 1
             progress.bytes_read += len(data)
-        progress.events = _events_parsed(builder)
+        progress.events = builder.events_parsed
 
     reading = asyncio.ensure_future(store.get_many([o.key for o in chunks[0]]))
     try:
