@@ -623,11 +623,14 @@ class SnapshotBuilder:
 
     # -- output ------------------------------------------------------------------------------------
 
-    def build(self) -> Snapshot:
+    def build(self, release: bool = False) -> Snapshot:
+        """The snapshot of everything folded in so far. With `release`, each task's state is freed once its
+        Task is made, so that a cold build's peak is about the larger of the two, not their sum; the builder
+        is spent then (a loader builds once)."""
         with gc_paused():
-            return self._build()
+            return self._build(release)
 
-    def _build(self) -> Snapshot:
+    def _build(self, release: bool) -> Snapshot:
         strings: list[str] = [""]
         index = _Interner(strings)
         index[None] = 0  # a field never set
@@ -641,13 +644,16 @@ class SnapshotBuilder:
                 _merge_fields(by_hex[key], fields)
             else:
                 by_hex[key] = fields
+        if release:
+            self._tasks = {}
+        take = by_hex.pop if release else by_hex.__getitem__
         words = self._words
         tasks = []
         append = tasks.append
         # Ray sorts its task list by task id alone, stably, over the GCS's order, where an attempt that ended
         # later comes first: a retry before the attempt it replaced
         for task_id, attempt in sorted(by_hex, key=lambda k: (k[0], -k[1])):
-            f = by_hex[task_id, attempt]
+            f = take((task_id, attempt))
             # Ray's GCS lists only task attempts with task info of their own (HandleGetTaskEvents skips the
             # others): a restarted actor's constructor, an id only a submitter's profile events name. They are
             # kept, unlisted, for a definition a later flush may bring.

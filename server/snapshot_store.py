@@ -222,7 +222,7 @@ async def build_session(
         manifest.update({p.key: p.size for p in parts})
 
     progress.phase = "building"
-    snapshot = await asyncio.to_thread(builder.build)
+    snapshot = await asyncio.to_thread(builder.build, True)  # release: the builder is not used again
     return await _finish(store, ref, snapshot, manifest, writer, objects, "", dead, source, progress)
 
 
