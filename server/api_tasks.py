@@ -133,11 +133,12 @@ def _runtime_env_info(serialized: str) -> dict:
 
 
 def _profiling_data(s: Snapshot, t: Task) -> dict:
-    if not t.profile:
+    profile = task_profile(t)
+    if not profile:
         return {}
     component_type, component_id, node_ip = (s.strings[t.component].split("\n") + ["", "", ""])[:3]
     events = []
-    for name, start, end, extra in task_profile(t):
+    for name, start, end, extra in profile:
         try:
             extra_data = dict(_shared_json(s.strings[extra] or "{}"))
         except ValueError:

@@ -10,7 +10,7 @@ import msgspec
 from .api_common import Filter, Query, _nil, _shared_json
 from .api_tasks import select_tasks
 from .gc_pause import gc_paused
-from .snapshot_model import PROFILE_ENTRY, Snapshot, Task
+from .snapshot_model import Snapshot, Task, task_profile
 
 
 class _TraceEvent(msgspec.Struct, gc=False):
@@ -101,10 +101,10 @@ def _trace_events(s: Snapshot, tasks: Sequence[Task]) -> list:
     append = events.append
     kinds, kind = _kinds(strings)
     id_json = _cached_json(strings, nil=True)
-    unpack = PROFILE_ENTRY.iter_unpack
     raw = msgspec.Raw
     for t in tasks:
-        if not t.profile:
+        profile = task_profile(t)
+        if not profile:
             continue
         if t.component not in components:
             component_type, component_id, ip = (strings[t.component].split("\n") + ["", "", ""])[:3]
@@ -121,7 +121,7 @@ def _trace_events(s: Snapshot, tasks: Sequence[Task]) -> list:
         ids_raw = raw(ids)
         pid = node_index.setdefault(ip, len(node_index))
         tid = worker_index.setdefault((pid, component), len(worker_index))
-        for name_index, start, end, extra_index in unpack(t.profile):
+        for name_index, start, end, extra_index in profile:
             k = kinds.get((name_index, extra_index)) or kind((name_index, extra_index))
             # the same float operations as _profiling_data's seconds, then milliseconds: the same numbers
             start_ms, end_ms = start / 1e6 * 1e3, end / 1e6 * 1e3

@@ -35,7 +35,8 @@ from .gc_pause import gc_paused
 from .snapshot_model import (  # noqa: F401 - FORMAT_VERSION, SNAPSHOT_LIMITS, decode/encode are re-exported
     FAILED, FINISHED, FORMAT_VERSION, LOG_INFO_KEYS, LOG_OFFSETS, NIL_PLACEMENT_GROUP, PROFILE_ENTRY, SNAPSHOT_LIMITS,
     TASK_STATE_CODE, TRANSITION_ENTRY, Actor, DriverJob, LogFile, Node, ObjectProblem, Snapshot, SnapshotFormatError,
-    Task, Transition, Worker, decode_snapshot, encode_snapshot, task_log_info,
+    Task, Transition, Worker, decode_snapshot, encode_snapshot, pack_records, task_log_info, task_profile,
+    task_transitions,
 )
 from .stored_events import (
     StoredActorTaskDefinition, StoredTaskDefinition, decode_careful, decode_line_by_line, func_name_of,
@@ -661,15 +662,14 @@ class SnapshotBuilder:
             get = f.get
             transitions = sorted(set(_ACC_TRANSITION.iter_unpack(get("t", b""))))
             # the dashboard shows the greatest state by enum number (Ray's protobuf_to_task_state_dict)
-            state = end = 0
-            for ts, code in transitions:  # by time: the last FINISHED/FAILED is the end
+            state = 0
+            for _, code in transitions:
                 if code > state:
                     state = code
-                if code == FINISHED or code == FAILED:
-                    end = ts
             reason = ""
+            derived_end = 0  # what the API reads: a recorded end is among the transitions already
             if state != FINISHED and state != FAILED and listed:
-                state, end, reason = self._derived_end(task_id, f, transitions, state, end_ns)
+                state, derived_end, reason = self._derived_end(task_id, f, transitions, state, end_ns)
             profile = get("p")
             if profile:
                 # a worker records a profile event when it ends: end time is the order Ray shows them in
@@ -679,11 +679,10 @@ class SnapshotBuilder:
             # positional, in Task's field order (which is also the order strings get their index in)
             append(Task(
                 task_id, attempt, *map(ref, map(get, _TASK_STRINGS_HEAD)), get("worker_pid", 0),
-                *map(ref, map(get, _TASK_STRINGS_TAIL)),
-                pack_offsets(*[get(k, 0) - 1 for k in LOG_INFO_KEYS[2:]]) if has_log else b"",
-                get("debugger_paused", 0),
-                b"".join([pack_transition(code, ts) for ts, code in transitions]),
-                profile or b"", ref(get("component")), state, end, ref(reason or None), listed,
+                *map(ref, map(get, _TASK_STRINGS_TAIL)), get("debugger_paused", 0),
+                pack_records(b"".join([pack_transition(code, ts) for ts, code in transitions]), profile or b"",
+                             pack_offsets(*[get(k, 0) - 1 for k in LOG_INFO_KEYS[2:]]) if has_log else b""),
+                ref(get("component")), state, derived_end, ref(reason or None), listed,
             ))
         job_positions: dict[int, array] = {}
         driver = index.get("DRIVER_TASK", -1)
@@ -731,9 +730,9 @@ class SnapshotBuilder:
             _put(f, "worker_pid", t.worker_pid)
             _put(f, "debugger_paused", t.debugger_paused)
             _put(f, "component", strings[t.component])
-            f["t"] = b"".join(_ACC_TRANSITION.pack(ts, code) for code, ts in TRANSITION_ENTRY.iter_unpack(t.transitions))
+            f["t"] = b"".join(_ACC_TRANSITION.pack(ts, code) for code, ts in task_transitions(t))
             f["p"] = b"".join(_ACC_PROFILE.pack(e, s, b._word(strings[n]), b._word(strings[x]))
-                              for n, s, e, x in PROFILE_ENTRY.iter_unpack(t.profile))
+                              for n, s, e, x in task_profile(t))
         b._actors = {a.actor_id: msgspec.structs.replace(a) for a in snapshot.actors}
         b._nodes = {n.node_id: msgspec.structs.replace(n) for n in snapshot.nodes}
         b._workers = {w.worker_id: msgspec.structs.replace(w) for w in snapshot.workers}

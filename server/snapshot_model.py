@@ -21,7 +21,7 @@ from msgspec import Struct
 from rayhistory.compression import InflateError, InflateLimits, zlib_inflate
 from rayhistory.layout import SessionRef
 
-FORMAT_VERSION = 2  # 2: absent task log offsets are -1, not 0; derived task ends and listing
+FORMAT_VERSION = 3  # 3: a task's transitions, profile events and log offsets in one packed field; 2: derived ends
 
 # TaskStatus enum of Ray 2.60 (common.proto); the dashboard orders a task's events by this number.
 TASK_STATES = (
@@ -68,15 +68,16 @@ class Task(Struct, array_like=True, gc=False):
     repr_name: int = 0
     error_type: int = 0
     error_message: int = 0
-    log_out: int = 0  # task_log_info: stdout file, stderr file, packed LOG_OFFSETS
+    log_out: int = 0  # task_log_info: stdout file, stderr file (its offsets are packed)
     log_err: int = 0
-    log_offsets: bytes = b""
     debugger_paused: int = 0  # 0 unknown, 1 false, 2 true
-    transitions: bytes = b""  # packed TRANSITION_ENTRY, sorted by (timestamp, state)
-    profile: bytes = b""  # packed PROFILE_ENTRY, sorted by end time
+    # transitions, profile events and log offsets (pack_records; read with task_transitions, task_profile,
+    # task_log_info): one bytes object, not three, is a third of a task's resident size less
+    packed: bytes = b""
     component: int = 0  # "component_type\ncomponent_id\nnode_ip" of the profile events
     state: int = 0  # the state the dashboard shows (TASK_STATES code); derived in build()
-    end_ns: int = 0  # derived: FINISHED/FAILED time, recorded or derived (docs/dead-sessions.md)
+    # derived: the FINISHED/FAILED time no transition of that state recorded (docs/dead-sessions.md), else 0
+    end_ns: int = 0
     end_reason: int = 0  # derived: "ERROR_TYPE\nmessage" of a failure no event recorded (string index)
     listed: bool = True  # derived: False for attempts Ray's lists leave out (no definition event of their own)
 
@@ -217,14 +218,45 @@ def decode_snapshot(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> Sna
 # ---- packed fields ---------------------------------------------------------------------------------
 
 
+_PACKED_COUNTS = struct.Struct("<IIB")  # transitions, profile events, log offsets (0 or 1)
+
+
+def pack_records(transitions: bytes, profile: bytes, log_offsets: bytes) -> bytes:
+    """Task.packed: the counts, then packed TRANSITION_ENTRY sorted by (timestamp, state), packed
+    PROFILE_ENTRY sorted by end time, and LOG_OFFSETS if an event gave any; b"" when all are empty."""
+    if not (transitions or profile or log_offsets):
+        return b""
+    counts = _PACKED_COUNTS.pack(len(transitions) // TRANSITION_ENTRY.size, len(profile) // PROFILE_ENTRY.size,
+                                 1 if log_offsets else 0)
+    return b"".join((counts, transitions, profile, log_offsets))
+
+
+def _sections(task: Task) -> tuple[memoryview, memoryview, memoryview]:
+    """(transitions, profile events, log offsets) of Task.packed, as views (no copies)."""
+    packed = memoryview(task.packed)
+    if not packed:
+        return packed, packed, packed
+    n_transitions, n_profile, n_offsets = _PACKED_COUNTS.unpack_from(packed)
+    profile_at = _PACKED_COUNTS.size + n_transitions * TRANSITION_ENTRY.size
+    offsets_at = profile_at + n_profile * PROFILE_ENTRY.size
+    return (packed[_PACKED_COUNTS.size:profile_at], packed[profile_at:offsets_at],
+            packed[offsets_at:offsets_at + n_offsets * LOG_OFFSETS.size])
+
+
 def task_transitions(task: Task) -> list[tuple[int, int]]:
     """[(state code, ts ns)] sorted by timestamp."""
-    return list(TRANSITION_ENTRY.iter_unpack(task.transitions))
+    return list(TRANSITION_ENTRY.iter_unpack(_sections(task)[0]))
 
 
 def task_profile(task: Task) -> list[tuple[int, int, int, int]]:
     """[(event name index, start ns, end ns, extra data index)] sorted by end."""
-    return list(PROFILE_ENTRY.iter_unpack(task.profile))
+    return list(PROFILE_ENTRY.iter_unpack(_sections(task)[1]))
+
+
+def task_log_offsets(task: Task) -> tuple[int, int, int, int] | None:
+    """(stdout start, stdout end, stderr start, stderr end), -1 where absent; None when no event gave any."""
+    offsets = _sections(task)[2]
+    return LOG_OFFSETS.unpack(offsets) if offsets else None
 
 
 
@@ -233,8 +265,9 @@ LOG_INFO_KEYS = ("stdout_file", "stderr_file", "stdout_start", "stdout_end", "st
 
 def task_log_info(strings: list[str], task: "Task") -> dict | None:
     """The task's task_log_info as Ray shows it, or None. Offsets no event gave stay absent, as in Ray."""
-    if not (task.log_out or task.log_err or task.log_offsets):
+    offsets = task_log_offsets(task)
+    if not (task.log_out or task.log_err or offsets):
         return None
-    offsets = LOG_OFFSETS.unpack(task.log_offsets) if task.log_offsets else (-1, -1, -1, -1)
+    offsets = offsets or (-1, -1, -1, -1)
     return {"stdout_file": strings[task.log_out], "stderr_file": strings[task.log_err],
             **{key: offset for key, offset in zip(LOG_INFO_KEYS[2:], offsets) if offset >= 0}}
