@@ -210,9 +210,28 @@ def decode_snapshot(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> Sna
     if version != FORMAT_VERSION:
         raise SnapshotFormatError(f"snapshot format v{version}, this server reads v{FORMAT_VERSION}: rebuild it")
     try:
-        return _decoder.decode(zlib_inflate(data[len(_MAGIC) + 2:], limits))
+        snapshot = _decoder.decode(zlib_inflate(data[len(_MAGIC) + 2:], limits))
     except (InflateError, msgspec.DecodeError, RecursionError) as exc:
         raise SnapshotFormatError(f"corrupt snapshot: {exc}") from exc
+    _share_worker_ints(snapshot.tasks)
+    return snapshot
+
+
+class _Same(dict):
+    """value -> its first copy (`same[value]` is one lookup in C)."""
+
+    def __missing__(self, value: int) -> int:
+        self[value] = value
+        return value
+
+
+def _share_worker_ints(tasks: list[Task]) -> None:
+    """msgpack decodes every integer into an object of its own (above 256): the fields that one worker's
+    tasks share get one object per value instead, a sixth of a task's resident size."""
+    same = _Same()
+    for t in tasks:
+        t.worker, t.worker_pid, t.log_out, t.log_err, t.component = (
+            same[t.worker], same[t.worker_pid], same[t.log_out], same[t.log_err], same[t.component])
 
 
 # ---- packed fields ---------------------------------------------------------------------------------
