@@ -64,7 +64,7 @@ def measure(n_tasks: int) -> dict:
         builder = SnapshotBuilder(ref, dead=True, end_ms=1_795_500_000_000)
         for key, data in batches.items():
             builder.add_event_batch(key, data)
-        return builder.build()
+        return builder.build(release=True)  # as the server builds
 
     rss_before = _rss_mb()
     _reset_peak_rss()
@@ -96,23 +96,19 @@ def measure(n_tasks: int) -> dict:
     tracemalloc.stop()
 
     jobs = sorted({loaded.strings[t.job] for t in loaded.tasks if loaded.strings[t.job]})
-    encode = msgspec.json.encode
-
     def page(limit: int, job: str | None) -> None:
         query = {"detail": "1", "limit": str(limit)}
         if job:
             query.update(filter_keys="job_id", filter_predicates="=", filter_values=job)
         status, body = api.list_tasks(loaded, query)
-        if not isinstance(body, bytes):  # as routes.body_response: bytes go out as they are
-            body = encode(body)
-        assert status == 200 and b'"result":[{' in body
+        assert status == 200 and b'"result":[{' in _body(body)
 
     first_big = _timed(lambda: page(10_000, None)) * 1000  # its rows encoded for the first time
     page(100, jobs[0])  # warm
     small = [_timed(lambda j=jobs[i % len(jobs)]: page(100, j)) * 1000 for i in range(200)]
     big = [_timed(lambda: page(10_000, None)) * 1000 for _ in range(10 if n_tasks <= 100_000 else 3)]
     timeline_runs = 3 if n_tasks <= 100_000 else 0  # a 1M-task session's whole trace is over a GB of JSON
-    timeline = sorted(_timed(lambda: encode(api.task_timeline(loaded, {})[1])) * 1000
+    timeline = sorted(_timed(lambda: _body(api.task_timeline(loaded, {})[1])) * 1000
                       for _ in range(timeline_runs)) or [0.0, 0.0]
     p50_small, p99_small = _percentiles(small)
     p50_big, p99_big = _percentiles(big)
@@ -137,14 +133,19 @@ def measure(n_tasks: int) -> dict:
     }
 
 
+def _body(body) -> bytes:
+    """An api handler's body as the runtime sends it (routes.body_response): bytes as they are, else JSON."""
+    return body if isinstance(body, bytes) else msgspec.json.encode(body)
+
+
 def _floor(batches: dict[str, bytes]) -> None:
     """The physical floor of a cold build: gunzip every stored batch and decode, typed, only the fields the
     builder reads (its own decoder), one batch at a time as the builder does; no merge, nothing built."""
     from rayhistory.compression import gunzip
-    from rayhistory.server.snapshot import _stored_event
+    from rayhistory.server.stored_events import STORED_EVENT
 
     for data in batches.values():
-        _stored_event.decode_lines(gunzip(data))
+        STORED_EVENT.decode_lines(gunzip(data))
 
 
 def _rss_mb() -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .api_common import Query, _first_ts, _latest, _list_rows, _ms, _nil, _ok
-from .snapshot import Actor, Snapshot
+from .snapshot_model import Actor, Snapshot
 
 
 ACTOR_COLUMNS = ("actor_id", "class_name", "state", "job_id", "name", "node_id", "pid", "ray_namespace")

@@ -4,7 +4,7 @@ the UI's probes."""
 from __future__ import annotations
 
 from .api_common import Body, Query, _endpoint_json, _ok
-from .snapshot import Snapshot
+from .snapshot_model import Snapshot
 
 
 def cluster_status(s: Snapshot, query: Query) -> tuple[int, Body]:

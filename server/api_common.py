@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from .snapshot import Node, Snapshot, Transition
+from .snapshot_model import Node, Snapshot, Transition
 
 
 Query = Mapping[str, str]

@@ -8,7 +8,7 @@ import re
 
 from .api_common import Query, _endpoint_json, _list_body, _list_options, _ok, parse_filters
 from .api_nodes import _camel_resource
-from .snapshot import Snapshot
+from .snapshot_model import Snapshot
 
 
 def _tz(s: Snapshot) -> dt.timezone:

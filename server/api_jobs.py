@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .api_actors import SESSION_ENDED, _node_ip
 from .api_common import Body, Query, _endpoint_json, _first_ts, _json, _last_ts, _list_rows
-from .snapshot import DriverJob, Snapshot
+from .snapshot_model import DriverJob, Snapshot
 
 
 JOB_COLUMNS = ("job_id", "submission_id", "entrypoint", "type", "status", "message", "error_type", "driver_info")

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 from .api_common import ApiError, Body, Query, _head_node_id, _int_param, _latest, _ok
 from .api_jobs import job_detail
-from .snapshot import Snapshot, task_log_info
+from .snapshot_model import Snapshot, task_log_info
 
 
 _WORKER_LOG = re.compile(r".*worker-([0-9a-f]+)-([0-9a-f]+)-(\d+)\.(out|err)$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .api_actors import SESSION_ENDED, _node_ip, logical_actor
 from .api_common import ApiError, Query, _head_node_id, _latest, _list_rows, _node_resources, _ok
 from .api_tasks import _RUNNING
-from .snapshot import FINISHED, Node, Snapshot, Worker, task_transitions
+from .snapshot_model import FINISHED, Node, Snapshot, Worker, task_transitions
 
 
 NODE_COLUMNS = ("node_id", "node_ip", "is_head_node", "state", "state_message", "node_name", "resources_total", "labels")

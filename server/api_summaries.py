@@ -5,7 +5,7 @@ from __future__ import annotations
 from .api_actors import ACTOR_FILTERABLE, _actor_repr_name, actor_row
 from .api_common import DRIVER_TASK_ID_PREFIX, ApiError, Query, _ok, parse_filters
 from .api_tasks import _PENDING_ARGS_AVAIL, TASK_FILTERABLE, _task_name, select_tasks
-from .snapshot import TASK_STATES, Snapshot, Task, task_transitions
+from .snapshot_model import TASK_STATES, Snapshot, Task, task_transitions
 
 
 def summarize_tasks(s: Snapshot, query: Query) -> tuple[int, dict]:

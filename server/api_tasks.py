@@ -19,7 +19,7 @@ from .api_common import (
     _HEX, ApiError, Filter, Query, _bool, _list_body, _list_options, _ms, _nil, _shared_json, parse_filters,
 )
 from .cache import EncodedRows
-from .snapshot import FAILED, FINISHED, TASK_STATES, Snapshot, Task, task_log_info, task_profile, task_transitions
+from .snapshot_model import FAILED, FINISHED, TASK_STATES, Snapshot, Task, task_log_info, task_profile, task_transitions
 
 
 TASK_COLUMNS = ("task_id", "attempt_number", "name", "state", "job_id", "actor_id", "type", "func_or_class_name",
@@ -133,11 +133,12 @@ def _runtime_env_info(serialized: str) -> dict:
 
 
 def _profiling_data(s: Snapshot, t: Task) -> dict:
-    if not t.profile:
+    profile = task_profile(t)
+    if not profile:
         return {}
     component_type, component_id, node_ip = (s.strings[t.component].split("\n") + ["", "", ""])[:3]
     events = []
-    for name, start, end, extra in task_profile(t):
+    for name, start, end, extra in profile:
         try:
             extra_data = dict(_shared_json(s.strings[extra] or "{}"))
         except ValueError:

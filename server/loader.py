@@ -35,7 +35,7 @@ from rayhistory.store import Store
 
 from .cache import CacheEntry, SnapshotCache, measure_bytes
 from .metrics import ServerMetrics
-from .snapshot import SNAPSHOT_LIMITS
+from .snapshot_model import SNAPSHOT_LIMITS
 from .snapshot_store import LoadProgress, SessionObjects, build_session, list_session
 
 log = logging.getLogger(__name__)

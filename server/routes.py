@@ -44,7 +44,7 @@ from rayhistory.platform_events import platform_events_answer
 from . import api, api_captured, logs
 from .auth import VISIBLE_KEY
 from .cache import CacheEntry
-from .snapshot import FAILED
+from .snapshot_model import FAILED
 from .loader import LoadTimeout, LoadUnavailable, SessionNotFound
 from .ui import SESSION_PREFIX, session_base, session_ref
 

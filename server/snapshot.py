@@ -1,256 +1,50 @@
-"""A session's snapshot: everything the dashboard shows for one Ray session, built once from storage.
+"""Building a session's snapshot (server/snapshot_model.py) from the raw objects in storage.
 
 Pure code, no I/O. `SnapshotBuilder` folds raw objects (the collector's event batches, the head's
-endpoint answers, the log index) into a `Snapshot`; `encode_snapshot`/`decode_snapshot` turn it into
-the compacted, versioned bytes every replica loads instead of re-parsing raw events.
+endpoint answers, the log index) into a `Snapshot`, decoding event batches with server/stored_events.py.
 
 Merging is a join of semilattices, so the result does not depend on arrival order or repeats:
 - task attempts are keyed by (task id, attempt), actors/nodes/workers/jobs by id;
 - state transitions are a set keyed by (state, timestamp), ordered by timestamp;
 - a scalar seen twice keeps the non-empty, greatest value (it is normally the same value twice);
-- events are deduplicated by eventId within a build; across builds the merge above is idempotent,
-  and batch keys already covered (`Snapshot.covered`) are skipped.
-
-Memory: tasks are the bulk (millions per session), so a task is a gc-free array-like struct of
-integers that index one string table (`Snapshot.strings`), plus two packed byte strings (transitions
-and profile events). Actors, nodes, workers and jobs are few and kept as plain structs.
+- so an event folded in twice (Ray resends, a collector flushes twice) changes nothing, and batch keys
+  already covered (`Snapshot.covered`) are skipped. Event ids are not kept: a set of them cost more
+  memory (58 MB per 100k tasks) than the tasks being built.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import gc
 import json
 import logging
 import struct
-import threading
-import zlib
 from array import array
 from collections import defaultdict
-from contextlib import contextmanager
 from operator import attrgetter
 from typing import Any
 
 import msgspec
-from msgspec import Struct
 
-from rayhistory.compression import (
-    DEFAULT_LIMITS, InflateError, InflateLimits, gunzip, zlib_inflate,
-)
-from rayhistory.events import (
-    PAYLOAD_FIELD, ActorDefinition, ActorLifecycle, DriverJobDefinition, DriverJobLifecycle, FunctionDescriptor,
-    NodeDefinition, NodeLifecycle, RayEvent, TaskLifecycle, TaskProfile, WorkerDefinition, WorkerLifecycle,
-    decode_events, hex_id, ts_ns,
-)
+from rayhistory.compression import DEFAULT_LIMITS, InflateError, InflateLimits, gunzip
+from rayhistory.events import PAYLOAD_FIELD, TaskLifecycle, TaskProfile, hex_id, ts_ns
 from rayhistory.layout import SessionRef
 
-log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 2  # 2: absent task log offsets are -1, not 0; derived task ends and listing
-
-# TaskStatus enum of Ray 2.60 (common.proto); the dashboard orders a task's events by this number.
-TASK_STATES = (
-    "NIL", "PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "PENDING_OBJ_STORE_MEM_AVAIL", "PENDING_ARGS_FETCH",
-    "SUBMITTED_TO_WORKER", "PENDING_ACTOR_TASK_ARGS_FETCH", "PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY", "RUNNING",
-    "RUNNING_IN_RAY_GET", "RUNNING_IN_RAY_WAIT", "FINISHED", "FAILED", "GETTING_AND_PINNING_ARGS",
+from .gc_pause import gc_paused
+# the model and its compacted bytes, named here too: callers build and read snapshots through this module
+from .snapshot_model import (  # noqa: F401 - FORMAT_VERSION, SNAPSHOT_LIMITS, decode/encode are re-exported
+    FAILED, FINISHED, FORMAT_VERSION, LOG_INFO_KEYS, LOG_OFFSETS, NIL_PLACEMENT_GROUP, PROFILE_ENTRY, SNAPSHOT_LIMITS,
+    TASK_STATE_CODE, TRANSITION_ENTRY, Actor, DriverJob, LogFile, Node, ObjectProblem, Snapshot, SnapshotFormatError,
+    Task, Transition, Worker, decode_snapshot, encode_snapshot, pack_records, task_log_info, task_profile,
+    task_transitions,
 )
-TASK_STATE_CODE = {name: code for code, name in enumerate(TASK_STATES)}
-FINISHED, FAILED = TASK_STATE_CODE["FINISHED"], TASK_STATE_CODE["FAILED"]
-NIL_PLACEMENT_GROUP = "ff" * 18
+from .stored_events import (
+    StoredActorTaskDefinition, StoredTaskDefinition, decode_careful, decode_line_by_line, func_name_of,
+    labels_of, resources_of,
+)
+from .stored_events import decode_clean as _decode_stored  # a module global, looked up on each call
 
-_TRANSITION = struct.Struct("<Bq")  # state code, timestamp ns
-_PROFILE = struct.Struct("<IqqI")  # event name (string index), start ns, end ns, extra data (string index)
-_LOG_OFFSETS = struct.Struct("<4q")  # stdout start, stdout end, stderr start, stderr end; -1: absent
-
-
-class SnapshotFormatError(ValueError):
-    """Bytes that are not a snapshot of this FORMAT_VERSION."""
-
-
-# ---- the snapshot ----------------------------------------------------------------------------------
-
-
-class Task(Struct, array_like=True, gc=False):
-    """One task attempt. `int` fields index `Snapshot.strings` (0 is "", shown as null)."""
-
-    task_id: str
-    attempt: int
-    job: int = 0
-    name: int = 0
-    func: int = 0
-    type: int = 0
-    language: int = 0
-    actor: int = 0
-    parent: int = 0
-    node: int = 0
-    worker: int = 0
-    worker_pid: int = 0
-    placement_group: int = 0
-    resources: int = 0  # JSON object
-    runtime_env: int = 0  # serialized runtime env as Ray sends it
-    call_site: int = 0
-    label_selector: int = 0  # JSON object
-    repr_name: int = 0
-    error_type: int = 0
-    error_message: int = 0
-    log_out: int = 0  # task_log_info: stdout file, stderr file, packed _LOG_OFFSETS
-    log_err: int = 0
-    log_offsets: bytes = b""
-    debugger_paused: int = 0  # 0 unknown, 1 false, 2 true
-    transitions: bytes = b""  # packed _TRANSITION, sorted by (timestamp, state)
-    profile: bytes = b""  # packed _PROFILE, sorted by end time
-    component: int = 0  # "component_type\ncomponent_id\nnode_ip" of the profile events
-    state: int = 0  # the state the dashboard shows (TASK_STATES code); derived in build()
-    end_ns: int = 0  # derived: FINISHED/FAILED time, recorded or derived (docs/dead-sessions.md)
-    end_reason: int = 0  # derived: "ERROR_TYPE\nmessage" of a failure no event recorded (string index)
-    listed: bool = True  # derived: False for attempts Ray's lists leave out (no definition event of their own)
-
-
-class Transition(Struct, array_like=True, gc=False):
-    """A state change of an actor, node, worker or job; `info` holds the state's own fields."""
-
-    state: str
-    ts_ns: int
-    info: dict[str, Any] = {}
-
-
-class Actor(Struct, gc=False):
-    actor_id: str
-    job_id: str = ""
-    name: str = ""
-    ray_namespace: str = ""
-    class_name: str = ""
-    serialized_runtime_env: str = ""
-    required_resources: dict[str, float] = {}
-    is_detached: bool = False
-    placement_group_id: str = ""
-    label_selector: dict[str, str] = {}
-    call_site: str = ""
-    parent_id: str = ""
-    transitions: list[Transition] = []
-    defined: bool = False
-
-
-class Node(Struct, gc=False):
-    node_id: str
-    node_ip: str = ""
-    hostname: str = ""
-    node_name: str = ""
-    labels: dict[str, str] = {}
-    start_ns: int = 0
-    instance_id: str = ""
-    instance_type_name: str = ""
-    transitions: list[Transition] = []
-
-
-class Worker(Struct, gc=False):
-    worker_id: str
-    node_id: str = ""
-    worker_type: str = ""
-    pid: int = 0
-    job_id: str = ""
-    transitions: list[Transition] = []
-
-
-class DriverJob(Struct, gc=False):
-    job_id: str
-    driver_pid: int = 0
-    driver_node_id: str = ""
-    entrypoint: str = ""
-    serialized_runtime_env: str = ""
-    metadata: dict[str, str] = {}
-    transitions: list[Transition] = []
-
-
-class LogFile(Struct, array_like=True, gc=False):
-    relpath: str
-    size: int
-
-
-class ObjectProblem(Struct, array_like=True):
-    key: str
-    reason: str
-
-
-class Snapshot(Struct, weakref=True):
-    """Everything the dashboard needs for one session. Build it with SnapshotBuilder.
-
-    Weak-referenceable, so that what the server derives from a snapshot (cache.EncodedRows) goes with it;
-    msgspec allows that only with the GC tracking it (one object per session: no cost)."""
-
-    namespace: str
-    cluster: str
-    session: str
-    dead: bool = False
-    end_ms: int = 0
-    strings: list[str] = msgspec.field(default_factory=lambda: [""])
-    tasks: list[Task] = []  # every attempt, by task id, later attempts first (Ray's order); drivers included
-    unlisted: int = 0  # how many of them Ray's lists leave out (Task.listed false)
-    job_tasks: dict[int, bytes] = {}  # job id (string index) -> positions in `tasks` (uint32) of its non-driver tasks
-    actors: list[Actor] = []
-    nodes: list[Node] = []
-    workers: list[Worker] = []
-    driver_jobs: list[DriverJob] = []
-    cluster_events: list[dict[str, Any]] = []  # legacy events (logs/events/event_*.log), snake_case as Ray writes
-    log_index: dict[str, list[LogFile]] = {}  # node_id -> files under the session's logs/ folder
-    endpoints: dict[str, bytes] = {}  # endpoint name -> the head's answer, verbatim
-    covered: list[str] = []  # keys of the raw objects folded in (the snapshot's manifest)
-    objects_total: int = 0
-    objects_missing: list[ObjectProblem] = []
-    objects_corrupt: list[ObjectProblem] = []
-    events_rejected: int = 0
-    complete: bool = True
-
-    @property
-    def ref(self) -> SessionRef:
-        return SessionRef(self.namespace, self.cluster, self.session)
-
-    @property
-    def end_ns(self) -> int:
-        return self.end_ms * 1_000_000
-
-
-# ---- compacted snapshot bytes ----------------------------------------------------------------------
-
-_MAGIC = b"RHSNAP"
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Snapshot)
-
-
-def encode_snapshot(snapshot: Snapshot) -> bytes:
-    """MAGIC + format version (u16) + zlib(msgpack). Compression: storage and network, not RAM."""
-    return _MAGIC + struct.pack("<H", FORMAT_VERSION) + zlib.compress(_encoder.encode(snapshot), 1)
-
-
-# A compacted snapshot is read whole into memory anyway: its inflated size is capped by what the caller can
-# hold (the server passes its cache's byte bound), and by the same ratio as every other compressed object.
-SNAPSHOT_LIMITS = InflateLimits(max_bytes=4 << 30)
-
-
-def decode_snapshot(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> Snapshot:
-    if data[: len(_MAGIC)] != _MAGIC or len(data) < len(_MAGIC) + 2:
-        raise SnapshotFormatError("not a rayhistory snapshot (bad magic)")
-    (version,) = struct.unpack_from("<H", data, len(_MAGIC))
-    if version != FORMAT_VERSION:
-        raise SnapshotFormatError(f"snapshot format v{version}, this server reads v{FORMAT_VERSION}: rebuild it")
-    try:
-        return _decoder.decode(zlib_inflate(data[len(_MAGIC) + 2:], limits))
-    except (InflateError, msgspec.DecodeError, RecursionError) as exc:
-        raise SnapshotFormatError(f"corrupt snapshot: {exc}") from exc
-
-
-# ---- packed fields ---------------------------------------------------------------------------------
-
-
-def task_transitions(task: Task) -> list[tuple[int, int]]:
-    """[(state code, ts ns)] sorted by timestamp."""
-    return list(_TRANSITION.iter_unpack(task.transitions))
-
-
-def task_profile(task: Task) -> list[tuple[int, int, int, int]]:
-    """[(event name index, start ns, end ns, extra data index)] sorted by end."""
-    return list(_PROFILE.iter_unpack(task.profile))
+log = logging.getLogger(__name__)
 
 
 def _join(a, b):
@@ -284,6 +78,17 @@ class _HexIds(dict):
             self.clear()
         value = self[b64] = _hex(b64)
         return value
+
+
+class _Shared(dict):
+    """A string -> its first copy (`shared[text]` is one lookup in C): every event decodes its own copy of
+    values that thousands of tasks share."""
+
+    def __missing__(self, text: str) -> str:
+        if len(self) > 1 << 18:
+            self.clear()
+        self[text] = text
+        return text
 
 
 class _Interner(dict):
@@ -394,34 +199,6 @@ def _merge_fields(into: dict, other: dict) -> None:
             _put(into, name, value)
 
 
-def _func_name(descriptor) -> str:
-    """Ray's CallString(): Class.function, or function, each the last dotted part of its name (a lambda in
-    a list comprehension is `<listcomp>.<lambda>` in the event and `<lambda>` on the live dashboard)."""
-    if descriptor is None:
-        return ""
-    py = descriptor.python_function_descriptor
-    if py is not None:
-        function = py.function_name.rsplit(".", 1)[-1]
-        return f"{py.class_name.rsplit('.', 1)[-1]}.{function}" if py.class_name else function
-    other = descriptor.java_function_descriptor or descriptor.cpp_function_descriptor or {}
-    return ".".join(v for k, v in sorted(other.items()) if k.endswith("Name") and v)
-
-
-def _json_obj(value: dict) -> str:
-    return msgspec.json.encode(value, order="sorted").decode() if value else ""
-
-
-_LOG_INFO_KEYS = ("stdout_file", "stderr_file", "stdout_start", "stdout_end", "stderr_start", "stderr_end")
-
-
-def task_log_info(strings: list[str], task: "Task") -> dict | None:
-    """The task's task_log_info as Ray shows it, or None. Offsets no event gave stay absent, as in Ray."""
-    if not (task.log_out or task.log_err or task.log_offsets):
-        return None
-    offsets = _LOG_OFFSETS.unpack(task.log_offsets) if task.log_offsets else (-1, -1, -1, -1)
-    return {"stdout_file": strings[task.log_out], "stderr_file": strings[task.log_err],
-            **{key: offset for key, offset in zip(_LOG_INFO_KEYS[2:], offsets) if offset >= 0}}
-
 
 def _log_offset(value) -> int:
     """A log offset as the builder accumulates it: offset + 1, and 0 when absent (a real 0 is not absent)."""
@@ -455,20 +232,26 @@ def _hex(b64: str) -> str:
         return ""
 
 
-_ns_of_second: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS." -> ns since the epoch
+class _SecondStarts(dict):
+    """"YYYY-MM-DDTHH:MM:SS." -> ns since the epoch of that second: `starts[prefix]` is one lookup in C."""
+
+    def __missing__(self, prefix: str) -> int:
+        if prefix[19] != ".":
+            raise ValueError(f"not an RFC3339 timestamp: {prefix!r}")
+        start = ts_ns(prefix[:19] + "Z")
+        if len(self) < 1 << 20:
+            self[prefix] = start
+        return start
+
+
+_second_starts = _SecondStarts()
 
 
 def _ts(value: str) -> int:
     """ts_ns with a fast path for Ray's own form (nine fractional digits, 'Z'): the builder's hottest call."""
-    if len(value) == 30 and value[19] == "." and value[29] == "Z":
-        second = value[:20]
-        base = _ns_of_second.get(second)
-        if base is None:
-            base = ts_ns(value[:19] + "Z")
-            if len(_ns_of_second) < 1 << 20:
-                _ns_of_second[second] = base
+    if len(value) == 30 and value[29] == "Z":
         try:
-            return base + int(value[20:29])
+            return _second_starts[value[:20]] + int(value[20:29])
         except ValueError:
             pass
     return ts_ns(value)
@@ -480,151 +263,6 @@ def _int(value) -> int:
     except (TypeError, ValueError):
         return 0
 
-
-_gc_lock = threading.Lock()
-_gc_pausers = 0
-_gc_was_enabled = False
-
-
-@contextmanager
-def _gc_paused():
-    """No cyclic GC pass while a batch is folded in or a snapshot built (well under a second each): the build
-    makes no cycles, but its thousands of decoded payloads would trigger passes that scan them all. The switch
-    is process-wide: counted, so that builds in several threads nest, and put back as it was found."""
-    global _gc_pausers, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pausers == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pausers += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pausers -= 1
-            if _gc_pausers == 0 and _gc_was_enabled:
-                gc.enable()
-
-
-# ---- what the builder reads of a stored event -------------------------------------------------------
-# The collector validated every stored event in full (rayhistory.events.accept_events), so the builder
-# decodes only what it folds in: msgspec skips the other fields without building them. Function
-# descriptors and resource maps stay raw JSON: a few distinct ones repeat across thousands of tasks, and
-# each is decoded and normalised once (SnapshotBuilder._cached), not once per task.
-
-_NULL, _EMPTY_OBJECT = msgspec.Raw(b"null"), msgspec.Raw(b"{}")
-
-
-class _TaskDefinition(Struct, rename="camel", gc=False):
-    task_id: str = ""
-    task_attempt: int = 0
-    task_type: str = "NORMAL_TASK"
-    language: str = "PYTHON"
-    task_func: msgspec.Raw = _NULL  # FunctionDescriptor | None
-    task_name: str = ""
-    required_resources: msgspec.Raw = _EMPTY_OBJECT  # dict[str, float]
-    job_id: str = ""
-    parent_task_id: str = ""
-    placement_group_id: str = ""
-    serialized_runtime_env: str = ""
-    call_site: str = ""
-    label_selector: msgspec.Raw = _EMPTY_OBJECT  # dict[str, str]
-
-
-class _ActorTaskDefinition(Struct, rename="camel", gc=False):
-    task_id: str = ""
-    task_attempt: int = 0
-    language: str = "PYTHON"
-    actor_func: msgspec.Raw = _NULL
-    actor_task_name: str = ""
-    required_resources: msgspec.Raw = _EMPTY_OBJECT
-    job_id: str = ""
-    actor_id: str = ""
-    parent_task_id: str = ""
-    placement_group_id: str = ""
-    serialized_runtime_env: str = ""
-    call_site: str = ""
-    label_selector: msgspec.Raw = _EMPTY_OBJECT
-
-
-class _StoredEvent(Struct, rename="camel", gc=False):
-    """RayEvent as the builder reads it: the envelope's ids and the payloads (same attribute names)."""
-
-    event_id: str
-    event_type: str
-    session_name: str
-    task_definition_event: _TaskDefinition | None = None
-    task_lifecycle_event: TaskLifecycle | None = None
-    actor_task_definition_event: _ActorTaskDefinition | None = None
-    task_profile_events: TaskProfile | None = None
-    driver_job_definition_event: DriverJobDefinition | None = None
-    driver_job_lifecycle_event: DriverJobLifecycle | None = None
-    node_definition_event: NodeDefinition | None = None
-    node_lifecycle_event: NodeLifecycle | None = None
-    actor_definition_event: ActorDefinition | None = None
-    actor_lifecycle_event: ActorLifecycle | None = None
-    worker_definition_event: WorkerDefinition | None = None
-    worker_lifecycle_event: WorkerLifecycle | None = None
-
-
-_stored_event = msgspec.json.Decoder(_StoredEvent)
-_function_descriptor = msgspec.json.Decoder(FunctionDescriptor | None)
-_resources = msgspec.json.Decoder(dict[str, float])
-_labels = msgspec.json.Decoder(dict[str, str])
-
-
-def _func_name_of(raw: bytes) -> str:
-    return _func_name(_function_descriptor.decode(raw))
-
-
-def _resources_of(raw: bytes) -> str:
-    return _json_obj(_resources.decode(raw)) or "{}"
-
-
-def _labels_of(raw: bytes) -> str:
-    return _json_obj(_labels.decode(raw))
-
-
-def _decode_stored(raw: bytes) -> list[_StoredEvent] | None:
-    """Fast path for a stored batch (JSON lines, as the collector writes them): one msgspec call; the
-    per-event checks of rayhistory.events are not repeated. None when any event does not decode, for the
-    careful path."""
-    try:
-        return _stored_event.decode_lines(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return None
-
-
-def _decode_careful(raw: bytes) -> tuple[list[_StoredEvent], int] | str:
-    """Careful path: rayhistory.events checks every event on its own and rejects bad ones alone.
-    (events, rejected count), or why the whole object is unreadable."""
-    batch = decode_events(raw)
-    if any(e.index == -1 for e in batch.errors):
-        return batch.errors[0].reason
-    encode = msgspec.json.encode
-    events = [_stored_event.decode(encode(e)) for e in batch.events if isinstance(e, RayEvent)]
-    return events, len(batch.errors)
-
-
-def _decode_line_by_line(raw: bytes) -> tuple[list[_StoredEvent], int]:
-    """Last resort, when the careful path itself raised (e.g. RecursionError on an event nested far too deep):
-    each line on its own, so whatever one event makes the decoder do costs only that event."""
-    events: list[_StoredEvent] = []
-    rejected = 0
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        try:
-            careful = _decode_careful(line)
-        except Exception:  # noqa: BLE001 - RecursionError, or anything else one event can cause
-            rejected += 1
-            continue
-        if isinstance(careful, str):
-            rejected += 1
-            continue
-        events += careful[0]
-        rejected += careful[1]
-    return events, rejected
 
 
 class SnapshotBuilder:
@@ -653,14 +291,15 @@ class SnapshotBuilder:
         self._covered: set[str] = set()
         self._missing: dict[str, str] = {}
         self._corrupt: dict[str, str] = {}
-        self._event_ids: set[str] = set()
+        self._events_folded = 0
+        self._text = _Shared()  # one copy of each string the events repeat (log file names, names, languages)
         self._events_rejected = 0
         self._objects_seen: set[str] = set()
 
     @property
     def events_parsed(self) -> int:
-        """Events folded in by this builder so far (distinct eventIds): a progress figure for loaders."""
-        return len(self._event_ids)
+        """Events folded in by this builder so far (one sent twice counts twice): a progress figure for loaders."""
+        return self._events_folded
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -679,7 +318,7 @@ class SnapshotBuilder:
             return
         rejected_before = self._events_rejected
         try:
-            with _gc_paused():  # the batch's decoded events are freed before the GC runs again: it never sees them
+            with gc_paused():  # the batch's decoded events are freed before the GC runs again: it never sees them
                 unreadable = self._fold_batch(key, raw)
         except (RecursionError, Exception) as exc:  # noqa: BLE001 - one object's damage stays that object's
             # events folded in before the failure stay (each was whole); the object is not covered, and named
@@ -702,18 +341,15 @@ class SnapshotBuilder:
         events = _decode_stored(raw)
         if events is None:  # not one clean batch: decode event by event, rejecting bad ones alone
             try:
-                careful = _decode_careful(raw)
+                careful = decode_careful(raw)
             except Exception:  # noqa: BLE001 - e.g. RecursionError: go line by line
-                careful = _decode_line_by_line(raw)
+                careful = decode_line_by_line(raw)
             if isinstance(careful, str):
                 return careful
             events, rejected = careful
             self._events_rejected += rejected
-        seen = self._event_ids
+        folded = 0
         for event in events:
-            event_id = event.event_id
-            if event_id in seen:
-                continue
             handler = _HANDLERS.get(event.event_type)
             if handler is not None:
                 payload_of, fold = handler
@@ -722,9 +358,10 @@ class SnapshotBuilder:
                 except Exception as exc:  # noqa: BLE001 - ValueError, TypeError, RecursionError, ...: this event alone
                     # valid envelope, unusable payload (e.g. a nested timestamp that is not RFC3339)
                     self._events_rejected += 1
-                    log.debug("event rejected", extra={"key": key, "event_id": event_id, "error": str(exc)})
+                    log.debug("event rejected", extra={"key": key, "event_id": event.event_id, "error": str(exc)})
                     continue
-            seen.add(event_id)
+            folded += 1
+        self._events_folded += folded
         return ""
 
     def add_endpoint(self, name: str, data: bytes, key: str = "") -> None:
@@ -787,27 +424,29 @@ class SnapshotBuilder:
             value = cache[key] = normalise(key)
         return value
 
-    def _task_definition(self, d: _TaskDefinition) -> None:
-        func = self._cached(self._func_names, d.task_func, _func_name_of)
+    def _task_definition(self, d: StoredTaskDefinition) -> None:
+        func = self._cached(self._func_names, d.task_func, func_name_of)
         # a creation task's id ends with its actor's id
         actor = _hex(d.task_id)[16:] if d.task_type == "ACTOR_CREATION_TASK" else ""
         self._fold_definition(d, d.task_name, func, d.task_type, actor)
 
-    def _actor_task_definition(self, d: _ActorTaskDefinition) -> None:
-        func = self._cached(self._func_names, d.actor_func, _func_name_of)
+    def _actor_task_definition(self, d: StoredActorTaskDefinition) -> None:
+        func = self._cached(self._func_names, d.actor_func, func_name_of)
         self._fold_definition(d, d.actor_task_name, func, "ACTOR_TASK", self._id(d.actor_id))
 
     def _fold_definition(self, d, name: str, func: str, task_type: str, actor: str) -> None:
         # everything is decoded before the task is touched: a bad field rejects the whole event
-        resources = self._cached(self._resources_json, d.required_resources, _resources_of)
-        labels = self._cached(self._labels_json, d.label_selector, _labels_of)
+        resources = self._cached(self._resources_json, d.required_resources, resources_of)
+        labels = self._cached(self._labels_json, d.label_selector, labels_of)
         pg = self._id(d.placement_group_id)
+        text = self._text
         f = self._task(d.task_id, d.task_attempt)
         _put_all(f, (
-            ("name", name), ("func", func), ("type", task_type), ("actor", actor), ("language", d.language),
-            ("job", self._id(d.job_id)), ("parent", self._id(d.parent_task_id)),
+            ("name", text[name]), ("func", func), ("type", text[task_type]), ("actor", actor),
+            ("language", text[d.language]), ("job", self._id(d.job_id)), ("parent", self._id(d.parent_task_id)),
             ("placement_group", "" if pg == NIL_PLACEMENT_GROUP else pg), ("resources", resources),
-            ("runtime_env", d.serialized_runtime_env), ("call_site", d.call_site), ("label_selector", labels),
+            ("runtime_env", text[d.serialized_runtime_env]), ("call_site", text[d.call_site]),
+            ("label_selector", labels),
         ))
 
     def _task_lifecycle(self, e: TaskLifecycle) -> None:
@@ -831,7 +470,7 @@ class SnapshotBuilder:
         if e.worker_pid:
             _put(f, "worker_pid", e.worker_pid)
         if e.actor_repr_name:
-            _put(f, "repr_name", e.actor_repr_name)
+            _put(f, "repr_name", self._text[e.actor_repr_name])
         if e.is_debugger_paused:
             _put(f, "debugger_paused", 2)
         if e.ray_error_info:
@@ -841,7 +480,7 @@ class SnapshotBuilder:
         if info is not None:
             # offsets arrive in several events (start when the task runs, end when it finishes): merge per field
             _put_all(f, (
-                ("stdout_file", info.stdout_file), ("stderr_file", info.stderr_file),
+                ("stdout_file", self._text[info.stdout_file]), ("stderr_file", self._text[info.stderr_file]),
                 ("stdout_start", _log_offset(info.stdout_start)), ("stdout_end", _log_offset(info.stdout_end)),
                 ("stderr_start", _log_offset(info.stderr_start)), ("stderr_end", _log_offset(info.stderr_end)),
             ))
@@ -853,7 +492,7 @@ class SnapshotBuilder:
         pe = p.profile_events
         if pe is None:
             return
-        _put(f, "component", f"{pe.component_type}\n{self._id(pe.component_id)}\n{pe.node_ip_address}")
+        _put(f, "component", self._text[f"{pe.component_type}\n{self._id(pe.component_id)}\n{pe.node_ip_address}"])
         word, pack, events = self._word_index.__getitem__, _ACC_PROFILE.pack, pe.events
         try:  # times are decimal strings (64-bit integers in protobuf JSON): int() first, _int's leniency if not
             packed = [pack(int(ev.end_time or 0), int(ev.start_time or 0), word(ev.event_name),
@@ -985,17 +624,20 @@ class SnapshotBuilder:
 
     # -- output ------------------------------------------------------------------------------------
 
-    def build(self) -> Snapshot:
-        with _gc_paused():
-            return self._build()
+    def build(self, release: bool = False) -> Snapshot:
+        """The snapshot of everything folded in so far. With `release`, each task's state is freed once its
+        Task is made, so that a cold build's peak is about the larger of the two, not their sum; the builder
+        is spent then (a loader builds once)."""
+        with gc_paused():
+            return self._build(release)
 
-    def _build(self) -> Snapshot:
+    def _build(self, release: bool) -> Snapshot:
         strings: list[str] = [""]
         index = _Interner(strings)
         index[None] = 0  # a field never set
         ref = index.__getitem__
         end_ns = self.end_ms * 1_000_000
-        pack_transition, pack_profile, pack_offsets = _TRANSITION.pack, _PROFILE.pack, _LOG_OFFSETS.pack
+        pack_transition, pack_profile, pack_offsets = TRANSITION_ENTRY.pack, PROFILE_ENTRY.pack, LOG_OFFSETS.pack
         by_hex: dict[tuple[str, int], dict] = {}
         for (b64, attempt), fields in self._tasks.items():
             key = (_hex(b64), attempt)
@@ -1003,13 +645,16 @@ class SnapshotBuilder:
                 _merge_fields(by_hex[key], fields)
             else:
                 by_hex[key] = fields
+        if release:
+            self._tasks = {}
+        take = by_hex.pop if release else by_hex.__getitem__
         words = self._words
         tasks = []
         append = tasks.append
         # Ray sorts its task list by task id alone, stably, over the GCS's order, where an attempt that ended
         # later comes first: a retry before the attempt it replaced
         for task_id, attempt in sorted(by_hex, key=lambda k: (k[0], -k[1])):
-            f = by_hex[task_id, attempt]
+            f = take((task_id, attempt))
             # Ray's GCS lists only task attempts with task info of their own (HandleGetTaskEvents skips the
             # others): a restarted actor's constructor, an id only a submitter's profile events name. They are
             # kept, unlisted, for a definition a later flush may bring.
@@ -1017,15 +662,14 @@ class SnapshotBuilder:
             get = f.get
             transitions = sorted(set(_ACC_TRANSITION.iter_unpack(get("t", b""))))
             # the dashboard shows the greatest state by enum number (Ray's protobuf_to_task_state_dict)
-            state = end = 0
-            for ts, code in transitions:  # by time: the last FINISHED/FAILED is the end
+            state = 0
+            for _, code in transitions:
                 if code > state:
                     state = code
-                if code == FINISHED or code == FAILED:
-                    end = ts
             reason = ""
+            derived_end = 0  # what the API reads: a recorded end is among the transitions already
             if state != FINISHED and state != FAILED and listed:
-                state, end, reason = self._derived_end(task_id, f, transitions, state, end_ns)
+                state, derived_end, reason = self._derived_end(task_id, f, transitions, state, end_ns)
             profile = get("p")
             if profile:
                 # a worker records a profile event when it ends: end time is the order Ray shows them in
@@ -1035,11 +679,10 @@ class SnapshotBuilder:
             # positional, in Task's field order (which is also the order strings get their index in)
             append(Task(
                 task_id, attempt, *map(ref, map(get, _TASK_STRINGS_HEAD)), get("worker_pid", 0),
-                *map(ref, map(get, _TASK_STRINGS_TAIL)),
-                pack_offsets(*[get(k, 0) - 1 for k in _LOG_INFO_KEYS[2:]]) if has_log else b"",
-                get("debugger_paused", 0),
-                b"".join([pack_transition(code, ts) for ts, code in transitions]),
-                profile or b"", ref(get("component")), state, end, ref(reason or None), listed,
+                *map(ref, map(get, _TASK_STRINGS_TAIL)), get("debugger_paused", 0),
+                pack_records(b"".join([pack_transition(code, ts) for ts, code in transitions]), profile or b"",
+                             pack_offsets(*[get(k, 0) - 1 for k in LOG_INFO_KEYS[2:]]) if has_log else b""),
+                ref(get("component")), state, derived_end, ref(reason or None), listed,
             ))
         job_positions: dict[int, array] = {}
         driver = index.get("DRIVER_TASK", -1)
@@ -1087,9 +730,9 @@ class SnapshotBuilder:
             _put(f, "worker_pid", t.worker_pid)
             _put(f, "debugger_paused", t.debugger_paused)
             _put(f, "component", strings[t.component])
-            f["t"] = b"".join(_ACC_TRANSITION.pack(ts, code) for code, ts in _TRANSITION.iter_unpack(t.transitions))
+            f["t"] = b"".join(_ACC_TRANSITION.pack(ts, code) for code, ts in task_transitions(t))
             f["p"] = b"".join(_ACC_PROFILE.pack(e, s, b._word(strings[n]), b._word(strings[x]))
-                              for n, s, e, x in _PROFILE.iter_unpack(t.profile))
+                              for n, s, e, x in task_profile(t))
         b._actors = {a.actor_id: msgspec.structs.replace(a) for a in snapshot.actors}
         b._nodes = {n.node_id: msgspec.structs.replace(n) for n in snapshot.nodes}
         b._workers = {w.worker_id: msgspec.structs.replace(w) for w in snapshot.workers}
@@ -1124,3 +767,4 @@ _HANDLERS = {kind: (attrgetter(PAYLOAD_FIELD[kind]), fold) for kind, fold in {
     "DRIVER_JOB_DEFINITION_EVENT": SnapshotBuilder._job_definition,
     "DRIVER_JOB_LIFECYCLE_EVENT": SnapshotBuilder._job_lifecycle,
 }.items()}
+

@@ -34,9 +34,8 @@ from rayhistory.layout import SessionRef
 from rayhistory.store import ObjectInfo, ObjectNotFound, Store
 
 from . import logs
-from .snapshot import (
-    FORMAT_VERSION, SNAPSHOT_LIMITS, Snapshot, SnapshotBuilder, decode_snapshot, encode_snapshot,
-)
+from .snapshot import SnapshotBuilder
+from .snapshot_model import FORMAT_VERSION, SNAPSHOT_LIMITS, Snapshot, decode_snapshot, encode_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +222,7 @@ async def build_session(
         manifest.update({p.key: p.size for p in parts})
 
     progress.phase = "building"
-    snapshot = await asyncio.to_thread(builder.build)
+    snapshot = await asyncio.to_thread(builder.build, True)  # release: the builder is not used again
     return await _finish(store, ref, snapshot, manifest, writer, objects, "", dead, source, progress)
 
 
@@ -240,11 +239,6 @@ async def _finish(
     progress.phase = "done"
     progress.finished_at = time.time()
     return BuildResult(snapshot, manifest, stored_key, wrote, source)
-
-
-def _events_parsed(builder: SnapshotBuilder) -> int:
-    # The builder keeps the ids it has folded in (for dedup); their count is the progress figure.
-    return len(getattr(builder, "_event_ids", ()))
 
 
 async def _fold_events(
@@ -265,7 +259,7 @@ async def _fold_events(
             manifest[info.key] = info.size
             progress.objects_done += 1
             progress.bytes_read += len(data)
-        progress.events = _events_parsed(builder)
+        progress.events = builder.events_parsed
 
     reading = asyncio.ensure_future(store.get_many([o.key for o in chunks[0]]))
     try:

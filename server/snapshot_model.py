@@ -1,0 +1,292 @@
+"""A session's snapshot as the API reads it, and its compacted bytes (pure code, no I/O).
+
+`Snapshot` holds everything the dashboard shows for one Ray session; server/snapshot.py builds it from
+storage. `encode_snapshot`/`decode_snapshot` turn it into the compacted, versioned bytes every replica
+loads instead of re-parsing raw events.
+
+Memory: tasks are the bulk (millions per session), so a task is a gc-free array-like struct of
+integers that index one string table (`Snapshot.strings`), plus packed byte strings (transitions,
+profile events, log offsets). Actors, nodes, workers and jobs are few and kept as plain structs.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from rayhistory.compression import InflateError, InflateLimits, zlib_inflate
+from rayhistory.layout import SessionRef
+
+FORMAT_VERSION = 3  # 3: a task's transitions, profile events and log offsets in one packed field; 2: derived ends
+
+# TaskStatus enum of Ray 2.60 (common.proto); the dashboard orders a task's events by this number.
+TASK_STATES = (
+    "NIL", "PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "PENDING_OBJ_STORE_MEM_AVAIL", "PENDING_ARGS_FETCH",
+    "SUBMITTED_TO_WORKER", "PENDING_ACTOR_TASK_ARGS_FETCH", "PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY", "RUNNING",
+    "RUNNING_IN_RAY_GET", "RUNNING_IN_RAY_WAIT", "FINISHED", "FAILED", "GETTING_AND_PINNING_ARGS",
+)
+TASK_STATE_CODE = {name: code for code, name in enumerate(TASK_STATES)}
+FINISHED, FAILED = TASK_STATE_CODE["FINISHED"], TASK_STATE_CODE["FAILED"]
+NIL_PLACEMENT_GROUP = "ff" * 18
+
+TRANSITION_ENTRY = struct.Struct("<Bq")  # state code, timestamp ns
+PROFILE_ENTRY = struct.Struct("<IqqI")  # event name (string index), start ns, end ns, extra data (string index)
+LOG_OFFSETS = struct.Struct("<4q")  # stdout start, stdout end, stderr start, stderr end; -1: absent
+
+
+class SnapshotFormatError(ValueError):
+    """Bytes that are not a snapshot of this FORMAT_VERSION."""
+
+
+# ---- the snapshot ----------------------------------------------------------------------------------
+
+
+class Task(Struct, array_like=True, gc=False):
+    """One task attempt. `int` fields index `Snapshot.strings` (0 is "", shown as null)."""
+
+    task_id: str
+    attempt: int
+    job: int = 0
+    name: int = 0
+    func: int = 0
+    type: int = 0
+    language: int = 0
+    actor: int = 0
+    parent: int = 0
+    node: int = 0
+    worker: int = 0
+    worker_pid: int = 0
+    placement_group: int = 0
+    resources: int = 0  # JSON object
+    runtime_env: int = 0  # serialized runtime env as Ray sends it
+    call_site: int = 0
+    label_selector: int = 0  # JSON object
+    repr_name: int = 0
+    error_type: int = 0
+    error_message: int = 0
+    log_out: int = 0  # task_log_info: stdout file, stderr file (its offsets are packed)
+    log_err: int = 0
+    debugger_paused: int = 0  # 0 unknown, 1 false, 2 true
+    # transitions, profile events and log offsets (pack_records; read with task_transitions, task_profile,
+    # task_log_info): one bytes object, not three, is a third of a task's resident size less
+    packed: bytes = b""
+    component: int = 0  # "component_type\ncomponent_id\nnode_ip" of the profile events
+    state: int = 0  # the state the dashboard shows (TASK_STATES code); derived in build()
+    # derived: the FINISHED/FAILED time no transition of that state recorded (docs/dead-sessions.md), else 0
+    end_ns: int = 0
+    end_reason: int = 0  # derived: "ERROR_TYPE\nmessage" of a failure no event recorded (string index)
+    listed: bool = True  # derived: False for attempts Ray's lists leave out (no definition event of their own)
+
+
+class Transition(Struct, array_like=True, gc=False):
+    """A state change of an actor, node, worker or job; `info` holds the state's own fields."""
+
+    state: str
+    ts_ns: int
+    info: dict[str, Any] = {}
+
+
+class Actor(Struct, gc=False):
+    actor_id: str
+    job_id: str = ""
+    name: str = ""
+    ray_namespace: str = ""
+    class_name: str = ""
+    serialized_runtime_env: str = ""
+    required_resources: dict[str, float] = {}
+    is_detached: bool = False
+    placement_group_id: str = ""
+    label_selector: dict[str, str] = {}
+    call_site: str = ""
+    parent_id: str = ""
+    transitions: list[Transition] = []
+    defined: bool = False
+
+
+class Node(Struct, gc=False):
+    node_id: str
+    node_ip: str = ""
+    hostname: str = ""
+    node_name: str = ""
+    labels: dict[str, str] = {}
+    start_ns: int = 0
+    instance_id: str = ""
+    instance_type_name: str = ""
+    transitions: list[Transition] = []
+
+
+class Worker(Struct, gc=False):
+    worker_id: str
+    node_id: str = ""
+    worker_type: str = ""
+    pid: int = 0
+    job_id: str = ""
+    transitions: list[Transition] = []
+
+
+class DriverJob(Struct, gc=False):
+    job_id: str
+    driver_pid: int = 0
+    driver_node_id: str = ""
+    entrypoint: str = ""
+    serialized_runtime_env: str = ""
+    metadata: dict[str, str] = {}
+    transitions: list[Transition] = []
+
+
+class LogFile(Struct, array_like=True, gc=False):
+    relpath: str
+    size: int
+
+
+class ObjectProblem(Struct, array_like=True):
+    key: str
+    reason: str
+
+
+class Snapshot(Struct, weakref=True):
+    """Everything the dashboard needs for one session. Build it with SnapshotBuilder.
+
+    Weak-referenceable, so that what the server derives from a snapshot (cache.EncodedRows) goes with it;
+    msgspec allows that only with the GC tracking it (one object per session: no cost)."""
+
+    namespace: str
+    cluster: str
+    session: str
+    dead: bool = False
+    end_ms: int = 0
+    strings: list[str] = msgspec.field(default_factory=lambda: [""])
+    tasks: list[Task] = []  # every attempt, by task id, later attempts first (Ray's order); drivers included
+    unlisted: int = 0  # how many of them Ray's lists leave out (Task.listed false)
+    job_tasks: dict[int, bytes] = {}  # job id (string index) -> positions in `tasks` (uint32) of its non-driver tasks
+    actors: list[Actor] = []
+    nodes: list[Node] = []
+    workers: list[Worker] = []
+    driver_jobs: list[DriverJob] = []
+    cluster_events: list[dict[str, Any]] = []  # legacy events (logs/events/event_*.log), snake_case as Ray writes
+    log_index: dict[str, list[LogFile]] = {}  # node_id -> files under the session's logs/ folder
+    endpoints: dict[str, bytes] = {}  # endpoint name -> the head's answer, verbatim
+    covered: list[str] = []  # keys of the raw objects folded in (the snapshot's manifest)
+    objects_total: int = 0
+    objects_missing: list[ObjectProblem] = []
+    objects_corrupt: list[ObjectProblem] = []
+    events_rejected: int = 0
+    complete: bool = True
+
+    @property
+    def ref(self) -> SessionRef:
+        return SessionRef(self.namespace, self.cluster, self.session)
+
+    @property
+    def end_ns(self) -> int:
+        return self.end_ms * 1_000_000
+
+
+# ---- compacted snapshot bytes ----------------------------------------------------------------------
+
+_MAGIC = b"RHSNAP"
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Snapshot)
+
+
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    """MAGIC + format version (u16) + zlib(msgpack). Compression: storage and network, not RAM."""
+    return _MAGIC + struct.pack("<H", FORMAT_VERSION) + zlib.compress(_encoder.encode(snapshot), 1)
+
+
+# A compacted snapshot is read whole into memory anyway: its inflated size is capped by what the caller can
+# hold (the server passes its cache's byte bound), and by the same ratio as every other compressed object.
+SNAPSHOT_LIMITS = InflateLimits(max_bytes=4 << 30)
+
+
+def decode_snapshot(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> Snapshot:
+    if data[: len(_MAGIC)] != _MAGIC or len(data) < len(_MAGIC) + 2:
+        raise SnapshotFormatError("not a rayhistory snapshot (bad magic)")
+    (version,) = struct.unpack_from("<H", data, len(_MAGIC))
+    if version != FORMAT_VERSION:
+        raise SnapshotFormatError(f"snapshot format v{version}, this server reads v{FORMAT_VERSION}: rebuild it")
+    try:
+        snapshot = _decoder.decode(zlib_inflate(data[len(_MAGIC) + 2:], limits))
+    except (InflateError, msgspec.DecodeError, RecursionError) as exc:
+        raise SnapshotFormatError(f"corrupt snapshot: {exc}") from exc
+    _share_worker_ints(snapshot.tasks)
+    return snapshot
+
+
+class _Same(dict):
+    """value -> its first copy (`same[value]` is one lookup in C)."""
+
+    def __missing__(self, value: int) -> int:
+        self[value] = value
+        return value
+
+
+def _share_worker_ints(tasks: list[Task]) -> None:
+    """msgpack decodes every integer into an object of its own (above 256): the fields that one worker's
+    tasks share get one object per value instead, a sixth of a task's resident size."""
+    same = _Same()
+    for t in tasks:
+        t.worker, t.worker_pid, t.log_out, t.log_err, t.component = (
+            same[t.worker], same[t.worker_pid], same[t.log_out], same[t.log_err], same[t.component])
+
+
+# ---- packed fields ---------------------------------------------------------------------------------
+
+
+_PACKED_COUNTS = struct.Struct("<IIB")  # transitions, profile events, log offsets (0 or 1)
+
+
+def pack_records(transitions: bytes, profile: bytes, log_offsets: bytes) -> bytes:
+    """Task.packed: the counts, then packed TRANSITION_ENTRY sorted by (timestamp, state), packed
+    PROFILE_ENTRY sorted by end time, and LOG_OFFSETS if an event gave any; b"" when all are empty."""
+    if not (transitions or profile or log_offsets):
+        return b""
+    counts = _PACKED_COUNTS.pack(len(transitions) // TRANSITION_ENTRY.size, len(profile) // PROFILE_ENTRY.size,
+                                 1 if log_offsets else 0)
+    return b"".join((counts, transitions, profile, log_offsets))
+
+
+def _sections(task: Task) -> tuple[memoryview, memoryview, memoryview]:
+    """(transitions, profile events, log offsets) of Task.packed, as views (no copies)."""
+    packed = memoryview(task.packed)
+    if not packed:
+        return packed, packed, packed
+    n_transitions, n_profile, n_offsets = _PACKED_COUNTS.unpack_from(packed)
+    profile_at = _PACKED_COUNTS.size + n_transitions * TRANSITION_ENTRY.size
+    offsets_at = profile_at + n_profile * PROFILE_ENTRY.size
+    return (packed[_PACKED_COUNTS.size:profile_at], packed[profile_at:offsets_at],
+            packed[offsets_at:offsets_at + n_offsets * LOG_OFFSETS.size])
+
+
+def task_transitions(task: Task) -> list[tuple[int, int]]:
+    """[(state code, ts ns)] sorted by timestamp."""
+    return list(TRANSITION_ENTRY.iter_unpack(_sections(task)[0]))
+
+
+def task_profile(task: Task) -> list[tuple[int, int, int, int]]:
+    """[(event name index, start ns, end ns, extra data index)] sorted by end."""
+    return list(PROFILE_ENTRY.iter_unpack(_sections(task)[1]))
+
+
+def task_log_offsets(task: Task) -> tuple[int, int, int, int] | None:
+    """(stdout start, stdout end, stderr start, stderr end), -1 where absent; None when no event gave any."""
+    offsets = _sections(task)[2]
+    return LOG_OFFSETS.unpack(offsets) if offsets else None
+
+
+
+LOG_INFO_KEYS = ("stdout_file", "stderr_file", "stdout_start", "stdout_end", "stderr_start", "stderr_end")
+
+
+def task_log_info(strings: list[str], task: "Task") -> dict | None:
+    """The task's task_log_info as Ray shows it, or None. Offsets no event gave stay absent, as in Ray."""
+    offsets = task_log_offsets(task)
+    if not (task.log_out or task.log_err or offsets):
+        return None
+    offsets = offsets or (-1, -1, -1, -1)
+    return {"stdout_file": strings[task.log_out], "stderr_file": strings[task.log_err],
+            **{key: offset for key, offset in zip(LOG_INFO_KEYS[2:], offsets) if offset >= 0}}

@@ -1,0 +1,151 @@
+"""What the snapshot builder reads of a stored event batch, and how it decodes one (pure code).
+
+The collector validated every stored event in full (rayhistory.events.accept_events), so the builder
+decodes only what it folds in: msgspec skips the other fields without building them. Function
+descriptors and resource maps stay raw JSON: a few distinct ones repeat across thousands of tasks, and
+each is decoded and normalised once (SnapshotBuilder._cached), not once per task. A batch that does not
+decode in one call is decoded event by event (decode_careful), and as a last resort line by line.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+from rayhistory.events import (
+    ActorDefinition, ActorLifecycle, DriverJobDefinition, DriverJobLifecycle, FunctionDescriptor, NodeDefinition,
+    NodeLifecycle, RayEvent, TaskLifecycle, TaskProfile, WorkerDefinition, WorkerLifecycle, decode_events,
+)
+
+_NULL, _EMPTY_OBJECT = msgspec.Raw(b"null"), msgspec.Raw(b"{}")
+
+
+class StoredTaskDefinition(Struct, rename="camel", gc=False):
+    task_id: str = ""
+    task_attempt: int = 0
+    task_type: str = "NORMAL_TASK"
+    language: str = "PYTHON"
+    task_func: msgspec.Raw = _NULL  # FunctionDescriptor | None
+    task_name: str = ""
+    required_resources: msgspec.Raw = _EMPTY_OBJECT  # dict[str, float]
+    job_id: str = ""
+    parent_task_id: str = ""
+    placement_group_id: str = ""
+    serialized_runtime_env: str = ""
+    call_site: str = ""
+    label_selector: msgspec.Raw = _EMPTY_OBJECT  # dict[str, str]
+
+
+class StoredActorTaskDefinition(Struct, rename="camel", gc=False):
+    task_id: str = ""
+    task_attempt: int = 0
+    language: str = "PYTHON"
+    actor_func: msgspec.Raw = _NULL
+    actor_task_name: str = ""
+    required_resources: msgspec.Raw = _EMPTY_OBJECT
+    job_id: str = ""
+    actor_id: str = ""
+    parent_task_id: str = ""
+    placement_group_id: str = ""
+    serialized_runtime_env: str = ""
+    call_site: str = ""
+    label_selector: msgspec.Raw = _EMPTY_OBJECT
+
+
+class StoredEvent(Struct, rename="camel", gc=False):
+    """RayEvent as the builder reads it: the envelope's ids and the payloads (same attribute names)."""
+
+    event_id: str
+    event_type: str
+    session_name: str
+    task_definition_event: StoredTaskDefinition | None = None
+    task_lifecycle_event: TaskLifecycle | None = None
+    actor_task_definition_event: StoredActorTaskDefinition | None = None
+    task_profile_events: TaskProfile | None = None
+    driver_job_definition_event: DriverJobDefinition | None = None
+    driver_job_lifecycle_event: DriverJobLifecycle | None = None
+    node_definition_event: NodeDefinition | None = None
+    node_lifecycle_event: NodeLifecycle | None = None
+    actor_definition_event: ActorDefinition | None = None
+    actor_lifecycle_event: ActorLifecycle | None = None
+    worker_definition_event: WorkerDefinition | None = None
+    worker_lifecycle_event: WorkerLifecycle | None = None
+
+
+STORED_EVENT = msgspec.json.Decoder(StoredEvent)
+_function_descriptor = msgspec.json.Decoder(FunctionDescriptor | None)
+_resources = msgspec.json.Decoder(dict[str, float])
+_labels = msgspec.json.Decoder(dict[str, str])
+
+
+def func_name_of(raw: bytes) -> str:
+    return _func_name(_function_descriptor.decode(raw))
+
+
+def resources_of(raw: bytes) -> str:
+    return _json_obj(_resources.decode(raw)) or "{}"
+
+
+def labels_of(raw: bytes) -> str:
+    return _json_obj(_labels.decode(raw))
+
+
+def decode_clean(raw: bytes) -> list[StoredEvent] | None:
+    """Fast path for a stored batch (JSON lines, as the collector writes them): one msgspec call; the
+    per-event checks of rayhistory.events are not repeated. None when any event does not decode, for the
+    careful path."""
+    try:
+        return STORED_EVENT.decode_lines(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+
+
+def decode_careful(raw: bytes) -> tuple[list[StoredEvent], int] | str:
+    """Careful path: rayhistory.events checks every event on its own and rejects bad ones alone.
+    (events, rejected count), or why the whole object is unreadable."""
+    batch = decode_events(raw)
+    if any(e.index == -1 for e in batch.errors):
+        return batch.errors[0].reason
+    encode = msgspec.json.encode
+    events = [STORED_EVENT.decode(encode(e)) for e in batch.events if isinstance(e, RayEvent)]
+    return events, len(batch.errors)
+
+
+def decode_line_by_line(raw: bytes) -> tuple[list[StoredEvent], int]:
+    """Last resort, when the careful path itself raised (e.g. RecursionError on an event nested far too deep):
+    each line on its own, so whatever one event makes the decoder do costs only that event."""
+    events: list[StoredEvent] = []
+    rejected = 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            careful = decode_careful(line)
+        except Exception:  # noqa: BLE001 - RecursionError, or anything else one event can cause
+            rejected += 1
+            continue
+        if isinstance(careful, str):
+            rejected += 1
+            continue
+        events += careful[0]
+        rejected += careful[1]
+    return events, rejected
+
+
+
+def _func_name(descriptor) -> str:
+    """Ray's CallString(): Class.function, or function, each the last dotted part of its name (a lambda in
+    a list comprehension is `<listcomp>.<lambda>` in the event and `<lambda>` on the live dashboard)."""
+    if descriptor is None:
+        return ""
+    py = descriptor.python_function_descriptor
+    if py is not None:
+        function = py.function_name.rsplit(".", 1)[-1]
+        return f"{py.class_name.rsplit('.', 1)[-1]}.{function}" if py.class_name else function
+    other = descriptor.java_function_descriptor or descriptor.cpp_function_descriptor or {}
+    return ".".join(v for k, v in sorted(other.items()) if k.endswith("Name") and v)
+
+
+def _json_obj(value: dict) -> str:
+    return msgspec.json.encode(value, order="sorted").decode() if value else ""
+
