@@ -13,7 +13,7 @@ CHROMIUM ?= /usr/bin/chromium
 IPROUTE2 ?= /usr/sbin/ip
 PYTEST_ARGS ?=
 
-.PHONY: k8s-tools test-k8s setup test test-fast test-slow bench bench-server bench-collector clean dashboard demo
+.PHONY: k8s-tools test-k8s setup prepare test test-fast test-slow bench bench-server bench-collector clean dashboard demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ apt_install = @if [ "$$(id -u)" = 0 ]; then \
 $(CHROMIUM):
 	$(call apt_install,chromium,the browser tests)
 
-$(IPROUTE2):
+$(IPROUTE2): | $(CHROMIUM)
 	$(call apt_install,iproute2,the Ingress tests)
 
 ## The real Kubernetes control plane for `pytest -m k8s`: kube-apiserver, kube-controller-manager, kubectl,
@@ -46,8 +46,13 @@ k8s-tools:
 
 setup: $(STAMP) $(AZURITE) $(CHROMIUM) $(IPROUTE2) k8s-tools
 
+## setup and the image together: on a cold machine the Go builds (CPU) run while the downloads, apt and the
+## image build (mostly waiting on the network) go on beside them. apt runs one at a time (order-only rules).
+prepare:
+	@$(MAKE) --no-print-directory -j3 setup image
+
 ## The whole suite, slow end-to-end tests included (what CI runs).
-test: setup
+test: prepare
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## Everything but the slow end-to-end tests.
@@ -92,7 +97,7 @@ demo: $(STAMP)
 ## localhost/rayhistory:<version>. image-tools: podman, buildah, runc, debootstrap from Debian (as root).
 IMAGE_PY = $$(test -x $(BIN)/python && echo $(BIN)/python || echo $(PYTHON))
 .PHONY: image image-smoke image-tools bench-image
-image-tools:
+image-tools: | $(CHROMIUM) $(IPROUTE2)
 	@$(PYTHON) scripts/image.py tools
 
 image: image-tools
@@ -105,9 +110,9 @@ image-smoke: image
 bench-image: image-tools
 	$(IMAGE_PY) scripts/image.py bench
 
-# the image tests (tests/image, marked slow) run the image that `make test` builds first
+# the image tests (tests/image, marked slow) run the image that `make test` (prepare) builds first
 setup: image-tools
-test test-slow: image
+test-slow: image
 
 clean:
 	rm -rf $(VENV) $(TOOLS) test-output .pytest_cache
