@@ -433,8 +433,11 @@ def running_cluster(folder: Path, tools: Tools | None = None, with_kuberay: bool
             crds = sorted(str(p) for p in tools.kuberay_crds.glob("*.yaml"))
             # Far too large for client-side apply (the last-applied annotation): server-side.
             cluster.kubectl("apply", "--server-side", *[a for c in crds for a in ("-f", c)])
-            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                            "crd/rayclusters.ray.io", "crd/rayjobs.ray.io", "crd/rayservices.ray.io")
+            # Polled here, not with `kubectl wait`: kubectl 1.36 gives up at once on a CRD whose status has no
+            # conditions yet, which is what a loaded machine shows for a moment after the apply.
+            for kind in ("rayclusters", "rayjobs", "rayservices"):
+                wait_for(f"CRD {kind}.ray.io Established", lambda kind=kind: _established(cluster.get(
+                    "crd", f"{kind}.ray.io")), timeout=120)
             kuberay = cluster.processes["kuberay-operator"] = Process("kuberay-operator", [
                 str(tools.ray_operator),
                 f"--metrics-addr=127.0.0.1:{kuberay_metrics}",
@@ -453,6 +456,11 @@ def running_cluster(folder: Path, tools: Tools | None = None, with_kuberay: bool
         raise
     finally:
         cluster.stop()
+
+
+def _established(crd: dict | None) -> bool:
+    conditions = ((crd or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
 def viewer_grant(namespace: str, subject: dict) -> list[dict]:
