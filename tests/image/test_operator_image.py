@@ -55,7 +55,7 @@ def test_operator_from_the_image_reconciles_and_injects_on_the_real_control_plan
             path.chmod(0o644)  # readable by the image's user (a test key)
         webhook_port, liveness = free_port(), free_port()
         k8s.kubectl("apply", "--server-side", "-k", str(loopback_overlay(tmp_path / "overlay", webhook_port, ca_pem)))
-        k8s.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rayhistories.rayhistory.io")
+        k8s.wait_established("rayhistories.rayhistory.io")
         token = k8s.kubectl("create", "token", "rayhistory-operator", "-n", SYSTEM_NS, "--duration=1h").strip()
         kube = shared_dir(tmp_path / "kube")
         container_kubeconfig(kube / "config", k8s.server, k8s.ca_file.read_bytes(), token)

@@ -46,7 +46,7 @@ def prepare_cluster(k8s: Cluster, namespace: str, ingress_class_name: str) -> No
     k8s.apply_docs([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
                     ingress_class(ingress_class_name)])
     k8s.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "rayhistory.yaml"))
-    k8s.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rayhistories.rayhistory.io")
+    k8s.wait_established("rayhistories.rayhistory.io")
 
 
 def endpoint_slice(service: str, namespace: str, address: str) -> dict:

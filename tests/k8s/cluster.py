@@ -287,6 +287,13 @@ class Cluster:
             raise AssertionError(f"kubectl get {' '.join(args)}: {result.stderr.strip()}")
         return json.loads(result.stdout)
 
+    def wait_established(self, *crds: str, timeout: float = 120) -> None:
+        """Each named CRD served (condition Established). Polled, not `kubectl wait`: kubectl 1.36 gives up at
+        once on a CRD whose status has no conditions yet, which a loaded machine shows for a moment after the
+        apply (a CI run lost every k8s test to it)."""
+        for name in crds:
+            wait_for(f"CRD {name} Established", lambda name=name: _established(self.get("crd", name)), timeout=timeout)
+
     def apply_docs(self, docs: list[dict], *extra: str, user: str = "admin") -> str:
         return self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", *extra,
                             stdin=yaml.safe_dump_all(docs), user=user)
@@ -433,11 +440,7 @@ def running_cluster(folder: Path, tools: Tools | None = None, with_kuberay: bool
             crds = sorted(str(p) for p in tools.kuberay_crds.glob("*.yaml"))
             # Far too large for client-side apply (the last-applied annotation): server-side.
             cluster.kubectl("apply", "--server-side", *[a for c in crds for a in ("-f", c)])
-            # Polled here, not with `kubectl wait`: kubectl 1.36 gives up at once on a CRD whose status has no
-            # conditions yet, which is what a loaded machine shows for a moment after the apply.
-            for kind in ("rayclusters", "rayjobs", "rayservices"):
-                wait_for(f"CRD {kind}.ray.io Established", lambda kind=kind: _established(cluster.get(
-                    "crd", f"{kind}.ray.io")), timeout=120)
+            cluster.wait_established("rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io")
             kuberay = cluster.processes["kuberay-operator"] = Process("kuberay-operator", [
                 str(tools.ray_operator),
                 f"--metrics-addr=127.0.0.1:{kuberay_metrics}",

@@ -196,7 +196,7 @@ def world(k8s: Cluster, tmp_path_factory, prewarm_server) -> Iterator[World]:
     operator_port = free_port()
     overlay = loopback_overlay(folder / "overlay", operator_port, ca_pem)
     k8s.kubectl("apply", "--server-side", "-k", str(overlay))
-    k8s.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rayhistories.rayhistory.io")
+    k8s.wait_established("rayhistories.rayhistory.io")
     token = k8s.kubectl("create", "token", "rayhistory-operator", "-n", SYSTEM_NS, "--duration=4h").strip()
     kubeconfig = k8s.kubeconfig_for_token("rayhistory-operator", token)
     w.operator = Operator(k8s, folder, kubeconfig, cert_dir, prewarm_url, operator_port)
