@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import threading
 import zlib
 
 import msgspec
@@ -10,10 +12,10 @@ import pytest
 
 from rayhistory.server import api
 from rayhistory.server.snapshot_model import (
-    _MAGIC, NOT_DECODED, FORMAT_VERSION, SnapshotFormatError, TasksNotDecoded, _Sections, decode_head,
-    decode_snapshot, encode_snapshot,
+    _MAGIC, NOT_DECODED, FORMAT_VERSION, SnapshotFormatError, TaskSection, TasksNotDecoded, _Sections,
+    decode_head, decode_snapshot, encode_snapshot,
 )
-from tests.server.fixture_store import write_fixture_session
+from tests.server.fixture_store import running_server, write_fixture_session
 from tests.server.test_ground_truth import build_fixture_snapshot
 from tests.server.test_loader import make_loader, store  # noqa: F401 - the fixture
 
@@ -105,3 +107,35 @@ async def test_a_replica_answers_the_head_first_and_the_tasks_once_decoded(store
         assert counted_before >= 0.8 * built.nbytes
     finally:
         await second.close()
+
+
+async def test_the_server_answers_the_overview_while_the_tasks_decode(store, monkeypatch):  # noqa: F811
+    ref = await write_fixture_session(store)
+    tasks_url, jobs_url = f"/s/{ref.tail}/api/v0/tasks?detail=1", f"/s/{ref.tail}/api/jobs/"
+    async with running_server(store) as (client, _, _state):  # builds from raw and stores the snapshot
+        expected_tasks = await (await client.get(tasks_url)).json()
+        expected_jobs = await (await client.get(jobs_url)).json()
+        expected_count = (await (await client.get(f"/s/{ref.tail}/rayhistory/status")).json())["tasks"]
+
+    release = threading.Event()
+    decode = TaskSection.decode
+
+    def held_decode(self, snapshot):
+        assert release.wait(30)
+        decode(self, snapshot)
+
+    monkeypatch.setattr(TaskSection, "decode", held_decode)
+    async with running_server(store) as (client, _, state):  # another replica: reads the stored snapshot
+        async with client.get(jobs_url) as resp:
+            assert resp.status == 200 and resp.headers["X-Rayhistory-Complete"] == "true"
+            assert await resp.json() == expected_jobs
+        entry = state.cache.peek(ref)
+        assert entry is not None and not entry.tasks_decoded  # answered from the head
+        status = await (await client.get(f"/s/{ref.tail}/rayhistory/status")).json()
+        assert status["tasks"] == expected_count > 0
+        waiting = asyncio.ensure_future(client.get(tasks_url))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # a task page waits for the decode
+        release.set()
+        async with await waiting as resp:
+            assert resp.status == 200 and await resp.json() == expected_tasks
