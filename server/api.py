@@ -39,7 +39,7 @@ from .api_tasks import list_tasks
 from .api_timeline import task_timeline
 
 # what the runtime and the tests use besides ROUTES
-__all__ = ["ROUTES", "ApiError", "Body", "Handler", "Query", "ResolvedLog", "job_logs", "resolve_log_file",
+__all__ = ["HEAD_ONLY", "ROUTES", "ApiError", "Body", "Handler", "Query", "ResolvedLog", "job_logs", "resolve_log_file",
            "_resolve_task_log"]
 
 # (method, aiohttp path pattern relative to the session root, handler). Path parameters ({name}) are
@@ -77,4 +77,17 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/api/grafana_health", grafana_health),
     ("GET", "/api/prometheus_health", prometheus_health),
 ]
+
+# The routes answered from a snapshot's head alone (snapshot_model.TaskSection.head_view: no tasks but the
+# drivers): a session read from its compacted snapshot answers them while its tasks are still being decoded.
+# test_lazy_tasks checks each against the whole snapshot.
+HEAD_ONLY: frozenset[str] = frozenset({
+    "/api/v0/actors", "/api/v0/actors/summarize", "/api/v0/nodes", "/api/v0/jobs", "/api/v0/placement_groups",
+    "/api/v0/workers", "/api/v0/cluster_events", "/api/v0/cluster_metadata", "/api/v0/runtime_env_redaction",
+    "/api/v0/logs", "/logical/actors", "/nodes/{node_id}",
+    "/logical/actors/{actor_id}", "/nodes", "/api/jobs/", "/api/jobs/{job_id}", "/events", "/api/cluster_status",
+    "/api/serve/applications/", "/api/data/datasets/{job_id}", "/timezone", "/api/version", "/api/ray/version",
+    "/usage_stats_enabled", "/api/authentication_mode", "/api/profiling_enabled", "/api/grafana_health",
+    "/api/prometheus_health",
+})
 

@@ -7,6 +7,7 @@ request for an evicted session simply loads it again (the loader goes through th
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import sys
@@ -147,6 +148,20 @@ class CacheEntry:
     nbytes: int
     loaded_at: float = field(default_factory=time.monotonic)
     snapshot_key: str = ""  # the compacted snapshot it was read from or written to, if any
+    task_count: int = 0
+    # a snapshot read from storage decodes its tasks after the load (SessionLoader.tasks_decoded); meanwhile
+    # api.HEAD_ONLY routes answer from its head (snapshot_model.TaskSection.head_view)
+    tasks_decoding: asyncio.Future | None = None
+    head_view: Any = None
+
+    @property
+    def tasks_decoded(self) -> bool:
+        return self.tasks_decoding is None or self.tasks_decoding.done()
+
+    @property
+    def head(self) -> Any:
+        """What api.HEAD_ONLY routes read: the snapshot, or its head while its tasks decode."""
+        return self.snapshot if self.tasks_decoded else self.head_view
 
     @property
     def stored_bytes(self) -> int:

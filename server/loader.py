@@ -35,7 +35,7 @@ from rayhistory.store import Store
 
 from .cache import CacheEntry, SnapshotCache, measure_bytes
 from .metrics import ServerMetrics
-from .snapshot_model import SNAPSHOT_LIMITS
+from .snapshot_model import SNAPSHOT_LIMITS, TaskSection
 from .snapshot_store import LoadProgress, SessionObjects, build_session, list_session
 
 log = logging.getLogger(__name__)
@@ -134,11 +134,29 @@ class SessionLoader:
         self._closed = False
         # a load's peak memory is several times its snapshot's: bound how many run at once
         self._slots = asyncio.Semaphore(max_concurrent_loads)
+        self._decodes: set[asyncio.Task] = set()  # the task-field decodes running (see _decode_tasks)
 
     # ---- what requests call --------------------------------------------------------------------
 
-    async def get(self, ref: SessionRef) -> CacheEntry:
-        """The session's snapshot: from the LRU, else from a load (started or joined)."""
+    async def get(self, ref: SessionRef, tasks: bool = True) -> CacheEntry:
+        """The session's snapshot: from the LRU, else from a load (started or joined). With `tasks` false
+        the snapshot's task fields may still be decoding (what api.HEAD_ONLY answers need is there)."""
+        entry = await self._entry(ref)
+        if tasks:
+            await self.tasks_decoded(entry)
+        return entry
+
+    async def tasks_decoded(self, entry: CacheEntry) -> None:
+        """Wait for the entry's task fields (one decode per entry, which every waiter joins)."""
+        if entry.tasks_decoded:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(entry.tasks_decoding), self.load_timeout)
+        except TimeoutError:
+            progress = self._last.get(entry.snapshot.ref) or LoadProgress(phase="decoding_tasks")
+            raise LoadTimeout(entry.snapshot.ref, progress, self.load_timeout) from None
+
+    async def _entry(self, ref: SessionRef) -> CacheEntry:
         entry = self.cache.get(ref)
         if entry is not None:
             if entry.live and time.monotonic() - entry.loaded_at > self.live_refresh_s and ref not in self._jobs \
@@ -295,15 +313,27 @@ class SessionLoader:
         if info is None and objects.empty:
             raise SessionNotFound(ref)
         dead = info is not None and info.state == "dead"
+        if base is not None:  # folding in what is new needs its tasks
+            await self.tasks_decoded(base)
         result = await build_session(
             self.store, ref, dead, info.end_ms if dead else 0, self.writer, progress,
             base=(base.snapshot, base.manifest, base.snapshot_key) if base is not None else None,
-            objects=objects, limits=self.inflate_limits, snapshot_limits=self.snapshot_limits,
+            objects=objects, limits=self.inflate_limits, snapshot_limits=self.snapshot_limits, lazy_tasks=True,
         )
         source = result.source
         nbytes = await asyncio.to_thread(measure_bytes, result.snapshot)
+        tasks = result.tasks
+        if tasks is not None:  # counted before they are decoded: what they will hold, and what is held meanwhile
+            nbytes += tasks.tasks_resident + tasks.nbytes
         entry = CacheEntry(result.snapshot, live=not dead, manifest=result.manifest, nbytes=nbytes,
-                           snapshot_key=result.snapshot_key)
+                           snapshot_key=result.snapshot_key,
+                           task_count=tasks.n_tasks if tasks is not None else len(result.snapshot.tasks))
+        if tasks is not None:
+            entry.head_view = tasks.head_view
+            entry.tasks_decoding = asyncio.get_running_loop().create_task(
+                self._decode_tasks(ref, entry, tasks), name=f"decode tasks {ref.tail}")
+            self._decodes.add(entry.tasks_decoding)
+            entry.tasks_decoding.add_done_callback(self._decodes.discard)
         self.cache.put(ref, entry)
         self._failures.pop(ref, None)
         self._listed.pop(ref, None)
@@ -321,16 +351,25 @@ class SessionLoader:
         if result.wrote:
             self.metrics.snapshots_written.inc()
         log.info("session loaded", extra={
-            "session": ref.tail, "source": source, "seconds": round(seconds, 3), "tasks": len(result.snapshot.tasks),
+            "session": ref.tail, "source": source, "seconds": round(seconds, 3), "tasks": entry.task_count,
             "events_parsed": progress.events, "objects_read": progress.objects_done, "bytes": nbytes,
             "complete": result.snapshot.complete, "snapshot_written": result.wrote,
         })
         return entry
 
+    async def _decode_tasks(self, ref: SessionRef, entry: CacheEntry, tasks: TaskSection) -> None:
+        """In the background, right after the load: a worker thread decodes, a chunk at a time, while the
+        event loop and the head's answers go on. Then the entry counts what it really holds."""
+        await asyncio.to_thread(tasks.fill, entry.snapshot, entry.snapshot_key)
+        nbytes = await asyncio.to_thread(measure_bytes, entry.snapshot)
+        if self.cache.peek(ref) is entry:
+            entry.nbytes = nbytes
+            self.cache.put(ref, entry)
+
     async def close(self) -> None:
-        """Cancel the loads still running (server shutdown) and wait for them to end."""
+        """Cancel the loads and task decodes still running (server shutdown) and wait for them to end."""
         self._closed = True
-        tasks = [job.task for job in self._jobs.values()]
+        tasks = [job.task for job in self._jobs.values()] + list(self._decodes)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -223,7 +223,7 @@ def failure_counts(entry: CacheEntry) -> tuple[int, int] | None:
     """(failed tasks, failed jobs) of a loaded session, as its task and job lists say; computed once per
     loaded snapshot (kept on the entry)."""
     cached = getattr(entry, "_rayhistory_failures", None)
-    if cached is not None:
+    if cached is not None or not entry.tasks_decoded:  # counted once the tasks are decoded
         return cached
     try:
         imported = api_captured.failed_tasks(entry.snapshot)  # an import has the task list, not the tasks
@@ -296,11 +296,11 @@ class Routes:
 
     # -- sessions --
 
-    async def entry(self, ref: SessionRef) -> CacheEntry:
-        """The loaded session, or the HTTP error that says why not (404 unknown, 504 still loading, 503 the load
-        failed: retry after its backoff)."""
+    async def entry(self, ref: SessionRef, tasks: bool = True) -> CacheEntry:
+        """The loaded session (its task fields decoded unless `tasks` is false), or the HTTP error that says
+        why not (404 unknown, 504 still loading, 503 the load failed: retry after its backoff)."""
         try:
-            return await self.state.loader.get(ref)
+            return await self.state.loader.get(ref, tasks)
         except SessionNotFound as exc:
             raise web.HTTPNotFound(text=str(exc)) from None
         except LoadUnavailable as exc:
@@ -317,10 +317,11 @@ class Routes:
 
     def api_handler(self, pattern: str, handler: Callable) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         extra_headers = EXTRA_HEADERS.get(pattern)
+        needs_tasks = f"/{pattern}" not in api.HEAD_ONLY
 
         async def handle(request: web.Request) -> web.StreamResponse:
             ref = session_ref(request)
-            entry = await self.entry(ref)
+            entry = await self.entry(ref, needs_tasks)
             params = {k: v for k, v in request.match_info.items() if k not in ("namespace", "cluster", "session")}
             query = request.query.copy()
             query.extend(params)
@@ -334,7 +335,8 @@ class Routes:
             try:
                 # in a worker thread: a 10,000-row answer takes a while, and the event loop keeps
                 # serving other requests meanwhile (snapshots are immutable, handlers pure)
-                status, body = await asyncio.to_thread(answer, handler, entry.snapshot, request, ref, query)
+                snapshot = entry.snapshot if needs_tasks else entry.head
+                status, body = await asyncio.to_thread(answer, handler, snapshot, request, ref, query)
                 headers = completeness_headers(entry)
                 if extra_headers is not None:
                     headers.update(extra_headers(query))
@@ -429,7 +431,7 @@ class Routes:
             if entry.live:  # served from storage: how fresh it is, for the banner
                 body["loaded_at_ms"] = int(time.time() * 1000 - (time.monotonic() - entry.loaded_at) * 1000)
                 body["reload_s"] = loader.live_refresh_s
-            body["tasks"] = len(entry.snapshot.tasks)
+            body["tasks"] = entry.task_count
             body["snapshot_key"] = entry.snapshot_key
             body["resident_bytes"] = entry.nbytes
             body["stored_bytes"] = entry.stored_bytes
@@ -551,7 +553,7 @@ class Routes:
         progress = loader.progress(ref)
         return json_response({
             "session": ref.tail, "load_state": "loaded", "snapshot_key": entry.snapshot_key,
-            "tasks": len(entry.snapshot.tasks), **completeness(entry),
+            "tasks": entry.task_count, **completeness(entry),
             "progress": progress.as_dict() if progress is not None else None,
         })
 

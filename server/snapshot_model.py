@@ -11,7 +11,9 @@ profile events, log offsets). Actors, nodes, workers and jobs are few and kept a
 
 from __future__ import annotations
 
+import dataclasses
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -21,7 +23,7 @@ from msgspec import Struct
 from rayhistory.compression import InflateError, InflateLimits, zlib_inflate
 from rayhistory.layout import SessionRef
 
-FORMAT_VERSION = 3  # 3: a task's transitions, profile events and log offsets in one packed field; 2: derived ends
+FORMAT_VERSION = 4  # 4: a head, then the task fields in chunks (decode_head); 3: packed task records
 
 # TaskStatus enum of Ray 2.60 (common.proto); the dashboard orders a task's events by this number.
 TASK_STATES = (
@@ -187,15 +189,58 @@ class Snapshot(Struct, weakref=True):
 
 
 # ---- compacted snapshot bytes ----------------------------------------------------------------------
+#
+# MAGIC + format version (u16) + msgpack(_Sections). The head (everything but the tasks, with the string
+# table and the driver tasks: a few thousand objects at 1M tasks) is decoded when the snapshot is read: the
+# overview, jobs, actors and nodes pages need nothing else. The tasks and their per-job index follow in
+# chunks, decoded afterwards (TaskSection.decode), a chunk per call so that a decode in a worker thread gives
+# the interpreter back between chunks and requests go on meanwhile.
+# Each part is zlib-compressed (storage and network, not RAM) and carries a CRC32 checked when the head is
+# read, so a damaged part is found before any answer is given.
 
 _MAGIC = b"RHSNAP"
+TASK_CHUNK = 16_384  # tasks per chunk: about 30 ms of decoding each on this project's 2-core VM
+
+
+class _Sections(Struct, array_like=True):
+    head: bytes  # zlib(msgpack(Snapshot)) without tasks and job_tasks, with its string table
+    drivers: bytes  # zlib(msgpack(list[Task])): the DRIVER_TASK attempts (the nodes and workers pages list them)
+    n_tasks: int
+    tasks_resident: int  # resident bytes of tasks and job_tasks as the writer measured them (0: not measured)
+    tasks: list[bytes]  # zlib(msgpack(list[Task])), consecutive chunks of Snapshot.tasks
+    job_tasks: bytes  # zlib(msgpack(dict[int, bytes]))
+    crc32: list[int]  # of every part above, in order: head, drivers, tasks..., job_tasks
+
+
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Snapshot)
+_sections_decoder = msgspec.msgpack.Decoder(_Sections)
+_head_decoder = msgspec.msgpack.Decoder(Snapshot)
+_tasks_decoder = msgspec.msgpack.Decoder(list[Task])
+_job_tasks_decoder = msgspec.msgpack.Decoder(dict[int, bytes])
 
 
-def encode_snapshot(snapshot: Snapshot) -> bytes:
-    """MAGIC + format version (u16) + zlib(msgpack). Compression: storage and network, not RAM."""
-    return _MAGIC + struct.pack("<H", FORMAT_VERSION) + zlib.compress(_encoder.encode(snapshot), 1)
+def _packed(value: Any) -> bytes:
+    return zlib.compress(_encoder.encode(value), 1)
+
+
+def _chunks(items: list, size: int) -> list[bytes]:
+    return [_packed(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _all_parts(parts: _Sections) -> tuple[bytes, ...]:
+    return parts.head, parts.drivers, *parts.tasks, parts.job_tasks
+
+
+def encode_snapshot(snapshot: Snapshot, tasks_resident: int = 0) -> bytes:
+    """The compacted bytes; `tasks_resident` is what tasks and job_tasks hold in memory (cache.measure_bytes),
+    recorded so that a reader can account for them before it has decoded them."""
+    head = msgspec.structs.replace(snapshot, tasks=[], job_tasks={})
+    driver = snapshot.strings.index("DRIVER_TASK") if "DRIVER_TASK" in snapshot.strings else -1
+    drivers = [t for t in snapshot.tasks if t.type == driver]
+    parts = _Sections(_packed(head), _packed(drivers), len(snapshot.tasks), tasks_resident,
+                      _chunks(snapshot.tasks, TASK_CHUNK), _packed(snapshot.job_tasks), [])
+    parts.crc32 = [zlib.crc32(p) for p in _all_parts(parts)]
+    return _MAGIC + struct.pack("<H", FORMAT_VERSION) + _encoder.encode(parts)
 
 
 # A compacted snapshot is read whole into memory anyway: its inflated size is capped by what the caller can
@@ -203,17 +248,96 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
 SNAPSHOT_LIMITS = InflateLimits(max_bytes=4 << 30)
 
 
-def decode_snapshot(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> Snapshot:
+class TasksNotDecoded(RuntimeError):
+    """A task field of a snapshot whose task section is not decoded yet was read (a caller that did not
+    wait for TaskSection.decode: a bug, said loudly instead of answering from no tasks)."""
+
+
+class _NotDecoded:
+    """Stands in for Snapshot.tasks and .job_tasks until the task section is decoded."""
+
+    def _refuse(self, *_args: Any) -> Any:
+        raise TasksNotDecoded("the snapshot's task section is not decoded yet")
+
+    __iter__ = __len__ = __getitem__ = __contains__ = __bool__ = get = items = keys = values = _refuse
+
+
+NOT_DECODED: Any = _NotDecoded()
+
+
+class TaskSection:
+    """The task fields of a compacted snapshot, still compressed (their CRCs already checked)."""
+
+    def __init__(self, parts: _Sections, limits: InflateLimits, inflated: int, head_view: Snapshot):
+        self._parts: _Sections | None = parts
+        self._limits = limits
+        self._inflated = inflated  # what the head inflated to: the bound is for the whole snapshot
+        self.n_tasks = parts.n_tasks
+        self.tasks_resident = parts.tasks_resident
+        self.nbytes = sum(map(len, parts.tasks)) + len(parts.job_tasks)
+        # the head with the driver tasks as its tasks: what api.HEAD_ONLY routes read, and nothing else
+        self.head_view = head_view
+
+    def _inflate(self, part: bytes) -> bytes:
+        data = zlib_inflate(part, dataclasses.replace(self._limits, max_bytes=self._limits.max_bytes - self._inflated))
+        self._inflated += len(data)
+        return data
+
+    def decode(self, snapshot: Snapshot) -> None:
+        """Fill in the snapshot's task fields, a chunk at a time (time.sleep(0) between chunks hands the
+        interpreter to other threads); the compressed parts are let go. Raises SnapshotFormatError."""
+        parts, self._parts = self._parts, None
+        if parts is None:
+            raise RuntimeError("a task section is decoded once")
+        try:
+            tasks: list[Task] = []
+            for part in parts.tasks:
+                tasks += _tasks_decoder.decode(self._inflate(part))
+                time.sleep(0)
+            job_tasks = _job_tasks_decoder.decode(self._inflate(parts.job_tasks))
+        except (InflateError, msgspec.DecodeError, RecursionError) as exc:
+            raise SnapshotFormatError(f"corrupt snapshot task section: {exc}") from exc
+        if len(tasks) != parts.n_tasks:
+            raise SnapshotFormatError(f"corrupt snapshot task section: {len(tasks)} tasks, {parts.n_tasks} listed")
+        _share_worker_ints(tasks)
+        snapshot.tasks, snapshot.job_tasks = tasks, job_tasks
+
+    def fill(self, snapshot: Snapshot, key: str) -> None:
+        """decode, except that a section that does not decode leaves the snapshot without tasks and
+        incomplete, with `key` (the stored snapshot's) marked corrupt, instead of failing the session."""
+        try:
+            self.decode(snapshot)
+        except Exception as exc:  # noqa: BLE001 - past the CRC check only a writer's bug gets here
+            snapshot.tasks, snapshot.job_tasks = [], {}
+            snapshot.objects_corrupt = [*snapshot.objects_corrupt, ObjectProblem(key, f"{type(exc).__name__}: {exc}")]
+            snapshot.complete = False
+
+
+def decode_head(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> tuple[Snapshot, TaskSection]:
+    """The snapshot without tasks and job_tasks (NOT_DECODED until `TaskSection.decode`), and its task section."""
     if data[: len(_MAGIC)] != _MAGIC or len(data) < len(_MAGIC) + 2:
         raise SnapshotFormatError("not a rayhistory snapshot (bad magic)")
     (version,) = struct.unpack_from("<H", data, len(_MAGIC))
     if version != FORMAT_VERSION:
         raise SnapshotFormatError(f"snapshot format v{version}, this server reads v{FORMAT_VERSION}: rebuild it")
     try:
-        snapshot = _decoder.decode(zlib_inflate(data[len(_MAGIC) + 2:], limits))
+        parts = _sections_decoder.decode(memoryview(data)[len(_MAGIC) + 2:])
+        if [zlib.crc32(p) for p in _all_parts(parts)] != parts.crc32:
+            raise SnapshotFormatError("corrupt snapshot: a part fails its CRC32")
+        head_bytes = zlib_inflate(parts.head, limits)
+        snapshot = _head_decoder.decode(head_bytes)
+        drivers = _tasks_decoder.decode(zlib_inflate(parts.drivers, limits))
     except (InflateError, msgspec.DecodeError, RecursionError) as exc:
         raise SnapshotFormatError(f"corrupt snapshot: {exc}") from exc
-    _share_worker_ints(snapshot.tasks)
+    snapshot.tasks = snapshot.job_tasks = NOT_DECODED
+    head_view = msgspec.structs.replace(snapshot, tasks=drivers)
+    return snapshot, TaskSection(parts, limits, len(head_bytes), head_view)
+
+
+def decode_snapshot(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> Snapshot:
+    """The whole snapshot, task fields included."""
+    snapshot, tasks = decode_head(data, limits)
+    tasks.decode(snapshot)
     return snapshot
 
 

@@ -34,8 +34,11 @@ from rayhistory.layout import SessionRef
 from rayhistory.store import ObjectInfo, ObjectNotFound, Store
 
 from . import logs
+from .cache import measure_bytes
 from .snapshot import SnapshotBuilder
-from .snapshot_model import FORMAT_VERSION, SNAPSHOT_LIMITS, Snapshot, decode_snapshot, encode_snapshot
+from .snapshot_model import (
+    FORMAT_VERSION, SNAPSHOT_LIMITS, Snapshot, TaskSection, decode_head, decode_snapshot, encode_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +56,33 @@ _envelope_decoder = msgspec.msgpack.Decoder(StoredSnapshot)
 
 
 def encode_stored(snapshot: Snapshot, manifest: dict[str, int], writer: str) -> bytes:
-    return msgspec.msgpack.encode(StoredSnapshot(manifest, layout.now_ms(), writer, encode_snapshot(snapshot)))
+    tasks_resident = measure_bytes((snapshot.strings, snapshot.tasks, snapshot.job_tasks))
+    return msgspec.msgpack.encode(StoredSnapshot(manifest, layout.now_ms(), writer,
+                                                 encode_snapshot(snapshot, tasks_resident)))
 
 
 def decode_stored(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> tuple[Snapshot, dict[str, int]]:
-    """Raises msgspec.DecodeError or snapshot.SnapshotFormatError for anything unusable."""
+    """The whole snapshot. Raises msgspec.DecodeError or snapshot.SnapshotFormatError for anything unusable."""
     envelope = _envelope_decoder.decode(data)
     return decode_snapshot(envelope.snapshot, limits), envelope.manifest
+
+
+def decode_stored_head(
+    data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS,
+) -> tuple[Snapshot, dict[str, int], TaskSection]:
+    """The snapshot without its task fields, its manifest, and its task section (TaskSection.fill); raises
+    as decode_stored."""
+    envelope = _envelope_decoder.decode(data)
+    snapshot, tasks = decode_head(envelope.snapshot, limits)
+    return snapshot, envelope.manifest, tasks
 
 
 @dataclass
 class LoadProgress:
     """What a load has done so far; read by /rayhistory/status while the load runs."""
 
-    phase: str = "queued"  # queued, listing, reading_snapshot, reading_raw, building, writing, done, failed
+    # queued, listing, reading_snapshot, decoding_tasks, reading_raw, building, writing, done, failed
+    phase: str = "queued"
     source: str = ""  # raw, snapshot, snapshot+raw, memory+raw
     objects_listed: int = 0
     objects_total: int = 0
@@ -133,6 +149,7 @@ class BuildResult:
     snapshot_key: str  # the stored snapshot read or written ("" if none)
     wrote: bool
     source: str
+    tasks: TaskSection | None = None  # the snapshot's task fields, still to decode (TaskSection.fill)
 
 
 async def list_session(store: Store, ref: SessionRef) -> SessionObjects:
@@ -141,18 +158,19 @@ async def list_session(store: Store, ref: SessionRef) -> SessionObjects:
 
 async def read_newest_snapshot(
     store: Store, objects: SessionObjects, limits: InflateLimits = SNAPSHOT_LIMITS,
-) -> tuple[Snapshot, dict[str, int], str] | None:
-    """The newest stored snapshot that reads back, or None; an unreadable one is logged and skipped."""
+) -> tuple[Snapshot, dict[str, int], str, TaskSection] | None:
+    """The newest stored snapshot whose head reads back (its task section still to decode), or None; an
+    unreadable one is logged and skipped."""
     for info in sorted(objects.snapshots, key=lambda o: o.key.rsplit("/", 1)[-1], reverse=True):
         try:
             data = await store.get(info.key)
-            snapshot, manifest = await asyncio.to_thread(decode_stored, data, limits)
+            snapshot, manifest, tasks = await asyncio.to_thread(decode_stored_head, data, limits)
         except ObjectNotFound:
             continue  # replaced by a newer one meanwhile
         except Exception as exc:  # noqa: BLE001 - a bad snapshot is rebuilt from raw, never fatal
             log.warning("unreadable stored snapshot", extra={"key": info.key, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        return snapshot, manifest, info.key
+        return snapshot, manifest, info.key, tasks
     return None
 
 
@@ -160,24 +178,29 @@ async def build_session(
     store: Store, ref: SessionRef, dead: bool, end_ms: int, writer: str, progress: LoadProgress,
     base: tuple[Snapshot, dict[str, int], str] | None = None, objects: SessionObjects | None = None,
     limits: InflateLimits = DEFAULT_LIMITS, snapshot_limits: InflateLimits = SNAPSHOT_LIMITS,
+    lazy_tasks: bool = False,
 ) -> BuildResult:
     """Bring a session's snapshot up to date with storage (see the module docstring).
 
-    `limits` bound how far one raw object may inflate, `snapshot_limits` a stored snapshot (compression.py)."""
+    `limits` bound how far one raw object may inflate, `snapshot_limits` a stored snapshot (compression.py).
+    With `lazy_tasks`, a snapshot read from storage and used as it is comes back without its task fields,
+    left to the caller (BuildResult.tasks)."""
     progress.phase = "listing"
     if objects is None:
         objects = await list_session(store, ref)
     progress.objects_listed = len(objects.raw) + len(objects.snapshots)
     stored_key = ""
     source = "raw"
+    tasks: TaskSection | None = None  # the stored snapshot's task section, decoded only when needed
     if base is not None:
         source = "memory"
         # the snapshot in memory came from (or was written to) this key, if it is still there
         stored_key = base[2] if base[2] in {o.key for o in objects.snapshots} else ""
     else:
         progress.phase = "reading_snapshot"
-        base = await read_newest_snapshot(store, objects, snapshot_limits)
-        if base is not None:
+        stored = await read_newest_snapshot(store, objects, snapshot_limits)
+        if stored is not None:
+            base, tasks = stored[:3], stored[3]
             stored_key, source = base[2], "snapshot"
     snapshot, manifest = (base[0], dict(base[1])) if base is not None else (None, {})  # never mutate the caller's
 
@@ -195,7 +218,16 @@ async def build_session(
         source += "+raw"
     progress.source = source
     if not changed:
-        return await _finish(store, ref, snapshot, manifest, writer, objects, stored_key, dead, source, progress)
+        if tasks is not None and not lazy_tasks:
+            progress.phase = "decoding_tasks"
+            await asyncio.to_thread(tasks.fill, snapshot, stored_key)
+            tasks = None
+        result = await _finish(store, ref, snapshot, manifest, writer, objects, stored_key, dead, source, progress)
+        result.tasks = tasks
+        return result
+    if tasks is not None:  # folding new objects in needs every task
+        progress.phase = "decoding_tasks"
+        await asyncio.to_thread(tasks.fill, snapshot, stored_key)
     if snapshot is None:
         builder = SnapshotBuilder(ref, dead, end_ms, limits)
     else:
