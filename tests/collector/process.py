@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -49,6 +52,18 @@ class CollectorProcess:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         self.server.proc = None
+
+    def wait_flushed(self, timeout_s: float = 60.0) -> None:
+        """Until everything acknowledged so far is in storage: the spool (active and sealed segments) is empty."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=5) as resp:
+                health = json.loads(resp.read())
+            if health["spool_bytes"] == 0 and health["spool_segments"] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"collector did not flush its spool in {timeout_s:.0f} s: {health}")
+            time.sleep(0.1)
 
     def log_tail(self) -> str:
         return self.server.log_tail()

@@ -354,10 +354,9 @@ async def test_storage_mode_serves_a_live_session_from_its_collectors_flushes_an
                            cluster_name="raycluster-a", flush_interval=0.3, log_upload_interval=3600) as collector:
         for body in received_bodies():
             assert await asyncio.to_thread(post_events, collector.url, json.dumps(body).encode()) == 200
-        for _ in range(100):  # the collector's first flush and its `live` index record
-            if await SessionIndex(Store(store_url)).session(ref) is not None:
-                break
-            await asyncio.sleep(0.1)
+        # every body flushed (a first flush can hold only some of them) with the session's `live` index record
+        await asyncio.to_thread(collector.wait_flushed)
+        assert await SessionIndex(Store(store_url)).session(ref) is not None
         settings = Settings(storage=store_url, live_sessions="storage", live_reload_s=0.5, index_refresh_interval=0.2)
         public, _ = create_app(settings)
         async with TestClient(TestServer(public)) as client:
