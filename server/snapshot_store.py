@@ -34,6 +34,7 @@ from rayhistory.layout import SessionRef
 from rayhistory.store import ObjectInfo, ObjectNotFound, Store
 
 from . import logs
+from .parallel_build import ParallelBuild, fold_in_workers
 from .snapshot import SnapshotBuilder
 from .snapshot_model import FORMAT_VERSION, SNAPSHOT_LIMITS, Snapshot, decode_snapshot, encode_snapshot
 
@@ -160,10 +161,12 @@ async def build_session(
     store: Store, ref: SessionRef, dead: bool, end_ms: int, writer: str, progress: LoadProgress,
     base: tuple[Snapshot, dict[str, int], str] | None = None, objects: SessionObjects | None = None,
     limits: InflateLimits = DEFAULT_LIMITS, snapshot_limits: InflateLimits = SNAPSHOT_LIMITS,
+    parallel: ParallelBuild = ParallelBuild(),
 ) -> BuildResult:
     """Bring a session's snapshot up to date with storage (see the module docstring).
 
-    `limits` bound how far one raw object may inflate, `snapshot_limits` a stored snapshot (compression.py)."""
+    `limits` bound how far one raw object may inflate, `snapshot_limits` a stored snapshot (compression.py);
+    `parallel` says when event batches are folded in worker processes (server/parallel_build.py)."""
     progress.phase = "listing"
     if objects is None:
         objects = await list_session(store, ref)
@@ -203,7 +206,10 @@ async def build_session(
         builder.dead, builder.end_ms = dead, end_ms
     progress.phase = "reading_raw"
 
-    await _fold_events(store, builder, new_events, manifest, progress)
+    if parallel.applies(new_events):
+        await _fold_events_in_workers(store, builder, new_events, manifest, progress, parallel.workers)
+    else:
+        await _fold_events(store, builder, new_events, manifest, progress)
     for name, infos in new_endpoints.items():
         newest = layout.latest_key([o.key for o in infos])
         try:
@@ -271,6 +277,25 @@ async def _fold_events(
     finally:
         if not reading.done():
             reading.cancel()
+
+
+async def _fold_events_in_workers(
+    store: Store, builder: SnapshotBuilder, infos: list[ObjectInfo], manifest: dict[str, int], progress: LoadProgress,
+    workers: int,
+) -> None:
+    def on_chunk(chunk: list[ObjectInfo], datas: dict[str, bytes | Exception], events: int) -> None:
+        for info in chunk:
+            data = datas[info.key]
+            if isinstance(data, Exception):
+                builder.mark_missing(info.key, f"{type(data).__name__}: {data}")
+                continue
+            manifest[info.key] = info.size
+            progress.objects_done += 1
+            progress.bytes_read += len(data)
+        progress.events = events
+
+    await fold_in_workers(builder, infos, workers, READ_CHUNK, store.get_many, on_chunk)
+    progress.events = builder.events_parsed
 
 
 async def _fold_legacy_events(
