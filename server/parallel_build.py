@@ -25,6 +25,7 @@ import multiprocessing
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from itertools import islice
 
 from rayhistory.compression import InflateLimits
 from rayhistory.layout import SessionRef
@@ -32,6 +33,9 @@ from rayhistory.store import ObjectInfo
 
 from .snapshot import SnapshotBuilder
 
+# task states go back in pieces, each unpickled and merged on its own: the server's event loop is never
+# held for the whole of a worker's states (one pickle.loads holds the GIL)
+RESULT_PIECE = 20_000
 WORD_RANGE = 1 << 24  # word ids of worker k start at (k + 1) * WORD_RANGE; the parent's at 0
 MAX_WORKERS = 254  # word ids are uint32
 
@@ -70,7 +74,8 @@ class FoldedObject:
 
 @dataclass
 class WorkerResult:
-    tasks: dict
+    """What a worker sends last, after its task states (dicts of RESULT_PIECE attempts)."""
+
     words: dict[int, str]
     events_folded: int
     objects: list[FoldedObject]
@@ -88,7 +93,10 @@ def worker_main(conn, ref: SessionRef, dead: bool, end_ms: int, limits: InflateL
             builder.deferred = []
         conn.send(builder.events_parsed)
     tasks, words = builder.take_tasks()
-    conn.send(WorkerResult(tasks, words, builder.events_parsed, objects))
+    items = iter(tasks.items())
+    while piece := dict(islice(items, RESULT_PIECE)):
+        conn.send(piece)
+    conn.send(WorkerResult(words, builder.events_parsed, objects))
     conn.close()
 
 
@@ -137,9 +145,15 @@ async def fold_in_workers(
                 child_end.close()  # the parent holds only its own end: a dead worker's pipe reads as closed
             started.append((process, parent_end))
         folded = [0] * len(stretches)
+        merging = asyncio.Lock()  # one merge into the builder at a time
+
+        async def merge(piece: dict) -> None:
+            async with merging:
+                await asyncio.to_thread(builder.merge_tasks, piece, {}, 0)
+
         try:
             async with asyncio.TaskGroup() as group:  # one worker failing cancels the others' feeds
-                feeds = [group.create_task(_feed(process, conn, stretch, chunk, read, on_chunk, folded, k))
+                feeds = [group.create_task(_feed(process, conn, stretch, chunk, read, on_chunk, merge, folded, k))
                          for k, ((process, conn), stretch) in enumerate(zip(started, stretches))]
         except ExceptionGroup as failed:
             raise failed.exceptions[0] from None
@@ -151,10 +165,14 @@ async def fold_in_workers(
             conn.close()
         for process, _ in started:
             await asyncio.to_thread(process.join)
+    await asyncio.to_thread(_fold_results, builder, infos, results)
+
+
+def _fold_results(builder: SnapshotBuilder, infos: list[ObjectInfo], results: list[WorkerResult]) -> None:
     for result in results:
         # a worker counts the events it deferred, and add_folded_object counts them when it folds them
         deferred = sum(len(o.deferred) for o in result.objects)
-        builder.merge_tasks(result.tasks, result.words, result.events_folded - deferred)
+        builder.merge_tasks({}, result.words, result.events_folded - deferred)
     by_key = {o.key: o for result in results for o in result.objects}
     for info in infos:  # storage order, as the in-process build folds them
         o = by_key.get(info.key)
@@ -162,8 +180,8 @@ async def fold_in_workers(
             builder.add_folded_object(o.key, o.unreadable, o.rejected, o.deferred)
 
 
-async def _feed(process, conn, stretch: list[ObjectInfo], chunk: int, read, on_chunk, folded: list[int],
-                k: int) -> WorkerResult:
+async def _feed(process, conn, stretch: list[ObjectInfo], chunk: int, read, on_chunk, merge,
+                folded: list[int], k: int) -> WorkerResult:
     """Send one worker its stretch a chunk at a time, reading the next chunk while it folds one."""
     chunks = [stretch[i:i + chunk] for i in range(0, len(stretch), chunk)]
 
@@ -185,7 +203,9 @@ async def _feed(process, conn, stretch: list[ObjectInfo], chunk: int, read, on_c
             folded[k] = await call(conn.recv)
             on_chunk(objects, datas, sum(folded))
         await call(conn.send, None)
-        return await call(conn.recv)
+        while isinstance(message := await call(conn.recv), dict):
+            await merge(message)
+        return message
     finally:
         if not reading.done():
             reading.cancel()
