@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import islice
@@ -79,6 +80,7 @@ class WorkerResult:
     words: dict[int, str]
     events_folded: int
     objects: list[FoldedObject]
+    cpu_s: float  # the worker's own CPU seconds, start-up included
 
 
 def worker_main(conn, ref: SessionRef, dead: bool, end_ms: int, limits: InflateLimits, word_base: int) -> None:
@@ -96,7 +98,8 @@ def worker_main(conn, ref: SessionRef, dead: bool, end_ms: int, limits: InflateL
     items = iter(tasks.items())
     while piece := dict(islice(items, RESULT_PIECE)):
         conn.send(piece)
-    conn.send(WorkerResult(words, builder.events_parsed, objects))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    conn.send(WorkerResult(words, builder.events_parsed, objects, usage.ru_utime + usage.ru_stime))
     conn.close()
 
 
@@ -121,12 +124,13 @@ async def fold_in_workers(
     builder: SnapshotBuilder, infos: list[ObjectInfo], workers: int, chunk: int,
     read: Callable[[list[str]], Awaitable[dict[str, bytes | Exception]]],
     on_chunk: Callable[[list[ObjectInfo], dict[str, bytes | Exception], int], None],
-) -> None:
+) -> list[float]:
     """Fold `infos` (event batches, in storage order) into `builder` through `workers` processes.
 
     `read(keys)` reads objects (an Exception for one that could not be read); `on_chunk(chunk, datas,
     events)` is called as each chunk is read and folded (events: folded so far by all workers), for
-    progress, the manifest and objects that could not be read. Raises BuildWorkerDied."""
+    progress, the manifest and objects that could not be read. Returns each worker's CPU seconds; raises
+    BuildWorkerDied."""
     stretches = partition(infos, min(workers, MAX_WORKERS))
     context = multiprocessing.get_context("spawn")
     started: list[tuple] = []
@@ -166,6 +170,7 @@ async def fold_in_workers(
         for process, _ in started:
             await asyncio.to_thread(process.join)
     await asyncio.to_thread(_fold_results, builder, infos, results)
+    return [result.cpu_s for result in results]
 
 
 def _fold_results(builder: SnapshotBuilder, infos: list[ObjectInfo], results: list[WorkerResult]) -> None:
