@@ -28,6 +28,12 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that ended and were waited for (worker processes)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def write_results(name: str, results: dict) -> Path:
     """Print the figures and write them, with the machine they were taken on, to bench-results/NAME.json."""
     RESULTS.mkdir(exist_ok=True)

@@ -29,6 +29,7 @@ from . import auth, live_proxy, routes, ui
 from .cache import SnapshotCache
 from .loader import SessionLoader
 from .metrics import ServerMetrics
+from .parallel_build import ParallelBuild, usable_cores
 from .platform_events import PlatformEventsReader
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class ServerState:
             # a compacted snapshot bigger than the whole cache could never be kept anyway
             snapshot_limits=InflateLimits(max(settings.cache_max_bytes, settings.max_inflated_bytes),
                                           settings.max_inflate_ratio),
+            parallel=ParallelBuild(settings.build_workers or usable_cores(), settings.build_workers_min_bytes),
         )
         directory = routes.SessionDirectory(index, settings.index_refresh_interval)
         metrics.watch_store(store.stats)

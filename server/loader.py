@@ -35,6 +35,7 @@ from rayhistory.store import Store
 
 from .cache import CacheEntry, SnapshotCache, measure_bytes
 from .metrics import ServerMetrics
+from .parallel_build import ParallelBuild
 from .snapshot_model import SNAPSHOT_LIMITS, TaskSection
 from .snapshot_store import LoadProgress, SessionObjects, build_session, list_session
 
@@ -114,6 +115,7 @@ class SessionLoader:
         load_timeout: float, live_refresh_s: float, max_concurrent_loads: int = 2,
         inflate_limits: InflateLimits = DEFAULT_LIMITS, snapshot_limits: InflateLimits = SNAPSHOT_LIMITS,
         backoff_base_s: float = 2.0, backoff_max_s: float = 300.0, backoff_check_s: float = 10.0,
+        parallel: ParallelBuild = ParallelBuild(),
     ):
         self.store = store
         self.index = index
@@ -125,6 +127,7 @@ class SessionLoader:
         self._jobs: dict[SessionRef, LoadJob] = {}
         self._last: dict[SessionRef, LoadProgress] = {}  # the last finished load's progress, for status
         self.inflate_limits = inflate_limits
+        self.parallel = parallel
         self.snapshot_limits = snapshot_limits
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
@@ -319,6 +322,7 @@ class SessionLoader:
             self.store, ref, dead, info.end_ms if dead else 0, self.writer, progress,
             base=(base.snapshot, base.manifest, base.snapshot_key) if base is not None else None,
             objects=objects, limits=self.inflate_limits, snapshot_limits=self.snapshot_limits, lazy_tasks=True,
+            parallel=self.parallel,
         )
         source = result.source
         nbytes = await asyncio.to_thread(measure_bytes, result.snapshot)

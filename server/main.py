@@ -38,6 +38,14 @@ class Settings(CommonSettings):
     max_concurrent_loads: int = Field(
         2, ge=1, description="session loads one replica runs at once (a load's peak memory is several snapshots')",
     )
+    build_workers: int = Field(
+        0, ge=0, le=254, description="worker processes that parse a large session's stored events in parallel "
+        "(0: one per core this process may use; 1: parse in the server's own process)",
+    )
+    build_workers_min_bytes: int = Field(
+        32 << 20, ge=0, description="stored event bytes from which a load uses the worker processes (below, "
+        "starting them costs more than it saves: about 0.3 CPU-s each)",
+    )
     max_inflated_bytes: int = Field(
         256 << 20, ge=1 << 20, description="most bytes one stored event batch may inflate to; past it the object is "
         "corrupt and its session incomplete (compacted snapshots: cache_max_bytes)",

@@ -30,6 +30,7 @@ from rayhistory.compression import DEFAULT_LIMITS, InflateError, InflateLimits, 
 from rayhistory.events import PAYLOAD_FIELD, TaskLifecycle, TaskProfile, hex_id, ts_ns
 from rayhistory.layout import SessionRef
 
+from .derived_state import SESSION_ENDED_REASON, execution_closed_ns, first_alive_after, job_end, worker_death
 from .gc_pause import gc_paused
 # the model and its compacted bytes, named here too: callers build and read snapshots through this module
 from .snapshot_model import (  # noqa: F401 - FORMAT_VERSION, SNAPSHOT_LIMITS, decode/encode are re-exported
@@ -91,6 +92,23 @@ class _Shared(dict):
         return text
 
 
+class _WordIds(dict):
+    """text -> its word id, given on first sight, and `texts`: id -> text. Ids start at `base`: the builders
+    of one parallel load (server/parallel_build.py) number their words in disjoint ranges, so their packed
+    profile events merge without being rewritten."""
+
+    def __init__(self, base: int = 0):
+        super().__init__()
+        self.next = base
+        self.texts: dict[int, str] = {}
+
+    def __missing__(self, text: str) -> int:
+        i = self[text] = self.next
+        self.next += 1
+        self.texts[i] = text
+        return i
+
+
 class _Interner(dict):
     """value -> its index in `values`, given on first sight: `interner[value]` is one lookup in C."""
 
@@ -108,57 +126,6 @@ class _Interner(dict):
 _TASK_STRINGS_HEAD = ("job", "name", "func", "type", "language", "actor", "parent", "node", "worker")
 _TASK_STRINGS_TAIL = ("placement_group", "resources", "runtime_env", "call_site", "label_selector", "repr_name",
                       "error_type", "error_message", "stdout_file", "stderr_file")
-
-
-# ---- what the events prove about a task attempt (issue: nothing shown is invented) -------------------
-
-EXECUTE_PROFILE_EVENTS = ("task:execute", "task:store_outputs")
-# ray.rpc.WorkerExitType: Ray's GCS prints the number in its failure message
-_WORKER_EXIT_TYPES = {"SYSTEM_ERROR": 0, "INTENDED_SYSTEM_EXIT": 1, "USER_ERROR": 2, "INTENDED_USER_EXIT": 3,
-                      "NODE_OUT_OF_MEMORY": 4}
-
-
-def execution_closed_ns(profile: list[tuple[int, int, str]]) -> int:
-    """When a worker's profile events say the attempt's execution ended (its outputs stored), or 0."""
-    closed = [end for end, _, name in profile if name in EXECUTE_PROFILE_EVENTS and end > 0]
-    executed = any(name == "task:execute" and end > 0 for end, _, name in profile)
-    return max(closed) if executed else 0
-
-
-def _first_alive_after(actor: "Actor | None", after_ns: int) -> int:
-    if actor is None:
-        return 0
-    return next((t.ts_ns for t in actor.transitions if t.state == "ALIVE" and t.ts_ns >= after_ns), 0)
-
-
-def worker_death(worker: "Worker | None") -> tuple[int, str]:
-    """(end ns, "WORKER_DIED\nmessage") of a worker whose lifecycle says DEAD, as Ray's GCS fails the tasks
-    that ran on it; (0, "") otherwise."""
-    if worker is None:
-        return 0, ""
-    dead = next((t for t in reversed(worker.transitions) if t.state == "DEAD"), None)
-    if dead is None:
-        return 0, ""
-    info = dead.info
-    end_ns = int(info.get("end_time_ms") or 0) * 1_000_000 or dead.ts_ns
-    death = info.get("death_info") or {}
-    exit_type = _WORKER_EXIT_TYPES.get(str(death.get("exit_type", "SYSTEM_ERROR")), 0)
-    return end_ns, (f"WORKER_DIED\nWorker running the task ({{task_id}}) died with exit_type: {exit_type} "
-                    f"with error_message: {death.get('exit_detail', '')}")
-
-
-def job_end(job: "DriverJob | None") -> tuple[int, str]:
-    """(end ns, reason) of a driver job whose lifecycle says FINISHED: Ray's GCS fails its unfinished tasks."""
-    if job is None:
-        return 0, ""
-    finished = next((t.ts_ns for t in job.transitions if t.state == "FINISHED"), 0)
-    if not finished:
-        return 0, ""
-    return finished, (f"WORKER_DIED\nJob finishes ({job.job_id}) as driver exits. Marking all non-terminal "
-                      "tasks as failed.")
-
-
-SESSION_ENDED_REASON = "WORKER_DIED\nThe session ended before this task finished (no terminal state was recorded)."
 
 
 # ---- the builder -----------------------------------------------------------------------------------
@@ -268,14 +235,19 @@ def _int(value) -> int:
 class SnapshotBuilder:
     """Folds raw objects into a Snapshot. Every add_* is pure in-memory work and never raises on bad data."""
 
-    def __init__(self, ref: SessionRef, dead: bool, end_ms: int, limits: InflateLimits = DEFAULT_LIMITS):
+    def __init__(self, ref: SessionRef, dead: bool, end_ms: int, limits: InflateLimits = DEFAULT_LIMITS,
+                 word_base: int = 0, defer_entities: bool = False):
         self.ref = ref
         self.limits = limits  # how far one stored object may inflate (rayhistory.compression)
         self.dead = dead
         self.end_ms = end_ms
         self._tasks: dict[tuple[str, int], dict] = {}  # (base64 task id, attempt) -> fields, see _put
-        self._words: list[str] = []  # profile event names and extra data, by index
-        self._word_index = _Interner(self._words)
+        self._word_index = _WordIds(word_base)  # profile event names and extra data
+        self._words = self._word_index.texts  # word id -> text
+        # a parallel load's worker folds task events and keeps the others (actors, nodes, workers, jobs: a few
+        # thousand, some merged in arrival order) for the parent, which folds them in storage order
+        self._handlers = _DEFERRING_HANDLERS if defer_entities else _HANDLERS
+        self.deferred: list = []  # with defer_entities: the current object's events not folded in
         self._id = _HexIds().__getitem__  # base64 id -> hex
         # raw JSON of a function descriptor, resource map, label selector -> its normalised form
         self._func_names: dict[bytes, str] = {}
@@ -309,13 +281,14 @@ class SnapshotBuilder:
         loads, incomplete, with this key and the reason in objects_corrupt)."""
         if key in self._covered:
             return
-        self._objects_seen.add(key)
-        self._missing.pop(key, None)
+        self.record_object(key, *self.fold_object(key, data))
+
+    def fold_object(self, key: str, data: bytes) -> tuple[str, int]:
+        """Gunzip, decode and fold in one stored batch: (why it is unreadable or "", events rejected)."""
         try:
             raw = gunzip(data, self.limits)
         except InflateError as exc:
-            self._corrupt[key] = str(exc)  # empty, not gzip, truncated, or past a cap: the message says which
-            return
+            return str(exc), 0  # empty, not gzip, truncated, or past a cap: the message says which
         rejected_before = self._events_rejected
         try:
             with gc_paused():  # the batch's decoded events are freed before the GC runs again: it never sees them
@@ -324,11 +297,16 @@ class SnapshotBuilder:
             # events folded in before the failure stay (each was whole); the object is not covered, and named
             log.warning("stored object could not be folded in", extra={"key": key, "error": f"{type(exc).__name__}: {exc}"})
             unreadable = f"{type(exc).__name__}: {exc}"
+        return unreadable, self._events_rejected - rejected_before
+
+    def record_object(self, key: str, unreadable: str, rejected: int) -> None:
+        """What folding one stored batch found, in the snapshot's completeness."""
+        self._objects_seen.add(key)
+        self._missing.pop(key, None)
         if unreadable:
             self._corrupt[key] = unreadable
             return
         self._covered.add(key)
-        rejected = self._events_rejected - rejected_before
         if rejected:
             # the collector stored only events it checked: one the builder cannot use is damage. Its
             # neighbours are shown; the object is named, and the session says it is incomplete.
@@ -348,9 +326,15 @@ class SnapshotBuilder:
                 return careful
             events, rejected = careful
             self._events_rejected += rejected
+        self._events_folded += self.fold_events(key, events, self._handlers)
+        return ""
+
+    def fold_events(self, key: str, events: list, handlers: dict | None = None) -> int:
+        """Fold decoded events in, rejecting an unusable one alone; how many were folded."""
+        handlers = _HANDLERS if handlers is None else handlers
         folded = 0
         for event in events:
-            handler = _HANDLERS.get(event.event_type)
+            handler = handlers.get(event.event_type)
             if handler is not None:
                 payload_of, fold = handler
                 try:
@@ -361,8 +345,7 @@ class SnapshotBuilder:
                     log.debug("event rejected", extra={"key": key, "event_id": event.event_id, "error": str(exc)})
                     continue
             folded += 1
-        self._events_folded += folded
-        return ""
+        return folded
 
     def add_endpoint(self, name: str, data: bytes, key: str = "") -> None:
         """A head endpoint answer (placement_groups, jobs, serve_applications, cluster_metadata, timezone,
@@ -396,6 +379,28 @@ class SnapshotBuilder:
                 continue
             self._cluster_events[event_id] = event
 
+    def take_tasks(self) -> tuple[dict[tuple[str, int], dict], dict[int, str]]:
+        """A parallel load's worker hands its task states and words over (for merge_tasks); they leave it."""
+        tasks, self._tasks = self._tasks, {}
+        return tasks, self._words
+
+    def merge_tasks(self, tasks: dict[tuple[str, int], dict], words: dict[int, str], events_folded: int) -> None:
+        """The task states a parallel load's worker folded (`words`: its word ids, in a range of its own)."""
+        self._words.update(words)
+        mine = self._tasks
+        for key in mine.keys() & tasks.keys():  # few: a worker gets a contiguous stretch of time
+            _merge_fields(mine[key], tasks.pop(key))
+        mine.update(tasks)
+        self._events_folded += events_folded
+
+    def add_folded_object(self, key: str, unreadable: str, rejected: int, deferred: list) -> None:
+        """A batch a parallel load's worker folded: the events it deferred are folded in here (call in storage
+        order, as add_event_batch would be), then what the object's folding found is recorded."""
+        before = self._events_rejected
+        self._events_folded += self.fold_events(key, deferred)
+        self._events_rejected += rejected
+        self.record_object(key, unreadable, self._events_rejected - before)
+
     def mark_missing(self, key: str, reason: str) -> None:
         """An object listed in storage that could not be read (gone, timed out, denied)."""
         if key not in self._covered:
@@ -411,6 +416,9 @@ class SnapshotBuilder:
         if fields is None:
             fields = self._tasks[key] = {}
         return fields
+
+    def _defer(self, event) -> None:
+        self.deferred.append(event)
 
     def _word(self, text: str) -> int:
         return self._word_index[text]
@@ -610,7 +618,7 @@ class SnapshotBuilder:
         if self.dead:
             closed = execution_closed_ns(self._profile_of(f))
             if not closed and f.get("type") == "ACTOR_CREATION_TASK":
-                closed = _first_alive_after(self._actors.get(f.get("actor", "")),
+                closed = first_alive_after(self._actors.get(f.get("actor", "")),
                                             transitions[0][0] if transitions else 0)
             if closed:
                 return FINISHED, closed, ""
@@ -768,3 +776,8 @@ _HANDLERS = {kind: (attrgetter(PAYLOAD_FIELD[kind]), fold) for kind, fold in {
     "DRIVER_JOB_LIFECYCLE_EVENT": SnapshotBuilder._job_lifecycle,
 }.items()}
 
+
+_TASK_EVENTS = ("TASK_DEFINITION_EVENT", "ACTOR_TASK_DEFINITION_EVENT", "TASK_LIFECYCLE_EVENT", "TASK_PROFILE_EVENT")
+# a parallel load's worker: task events folded, the others kept whole (SnapshotBuilder.deferred)
+_DEFERRING_HANDLERS = {kind: handler if kind in _TASK_EVENTS else (lambda event: event, SnapshotBuilder._defer)
+                       for kind, handler in _HANDLERS.items()}

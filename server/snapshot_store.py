@@ -35,6 +35,7 @@ from rayhistory.store import ObjectInfo, ObjectNotFound, Store
 
 from . import logs
 from .cache import measure_bytes
+from .parallel_build import ParallelBuild, fold_in_workers
 from .snapshot import SnapshotBuilder
 from .snapshot_model import (
     FORMAT_VERSION, SNAPSHOT_LIMITS, Snapshot, TaskSection, decode_head, decode_snapshot, encode_snapshot,
@@ -178,11 +179,12 @@ async def build_session(
     store: Store, ref: SessionRef, dead: bool, end_ms: int, writer: str, progress: LoadProgress,
     base: tuple[Snapshot, dict[str, int], str] | None = None, objects: SessionObjects | None = None,
     limits: InflateLimits = DEFAULT_LIMITS, snapshot_limits: InflateLimits = SNAPSHOT_LIMITS,
-    lazy_tasks: bool = False,
+    lazy_tasks: bool = False, parallel: ParallelBuild = ParallelBuild(),
 ) -> BuildResult:
     """Bring a session's snapshot up to date with storage (see the module docstring).
 
-    `limits` bound how far one raw object may inflate, `snapshot_limits` a stored snapshot (compression.py).
+    `limits` bound how far one raw object may inflate, `snapshot_limits` a stored snapshot (compression.py);
+    `parallel` says when event batches are folded in worker processes (server/parallel_build.py).
     With `lazy_tasks`, a snapshot read from storage and used as it is comes back without its task fields,
     left to the caller (BuildResult.tasks)."""
     progress.phase = "listing"
@@ -235,7 +237,10 @@ async def build_session(
         builder.dead, builder.end_ms = dead, end_ms
     progress.phase = "reading_raw"
 
-    await _fold_events(store, builder, new_events, manifest, progress)
+    if parallel.applies(new_events):
+        await _fold_events_in_workers(store, builder, new_events, manifest, progress, parallel.workers)
+    else:
+        await _fold_events(store, builder, new_events, manifest, progress)
     for name, infos in new_endpoints.items():
         newest = layout.latest_key([o.key for o in infos])
         try:
@@ -303,6 +308,25 @@ async def _fold_events(
     finally:
         if not reading.done():
             reading.cancel()
+
+
+async def _fold_events_in_workers(
+    store: Store, builder: SnapshotBuilder, infos: list[ObjectInfo], manifest: dict[str, int], progress: LoadProgress,
+    workers: int,
+) -> None:
+    def on_chunk(chunk: list[ObjectInfo], datas: dict[str, bytes | Exception], events: int) -> None:
+        for info in chunk:
+            data = datas[info.key]
+            if isinstance(data, Exception):
+                builder.mark_missing(info.key, f"{type(data).__name__}: {data}")
+                continue
+            manifest[info.key] = info.size
+            progress.objects_done += 1
+            progress.bytes_read += len(data)
+        progress.events = events
+
+    await fold_in_workers(builder, infos, workers, READ_CHUNK, store.get_many, on_chunk)
+    progress.events = builder.events_parsed
 
 
 async def _fold_legacy_events(
