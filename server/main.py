@@ -40,7 +40,8 @@ class Settings(CommonSettings):
     )
     build_workers: int = Field(
         0, ge=0, le=254, description="worker processes that parse a large session's stored events in parallel "
-        "(0: one per core this process may use; 1: parse in the server's own process)",
+        "(0: one per core this process may use, by its affinity and its CPU limit; 1: parse in the server's own "
+        "process)",
     )
     build_workers_min_bytes: int = Field(
         32 << 20, ge=0, description="stored event bytes from which a load uses the worker processes (below, "

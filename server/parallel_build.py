@@ -27,6 +27,7 @@ import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 
 from rayhistory.compression import InflateLimits
 from rayhistory.layout import SessionRef
@@ -42,11 +43,35 @@ MAX_WORKERS = 254  # word ids are uint32
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    """The cores this process may use: its CPU affinity (a container's cpuset), and no more than its CPU quota
+    (a Kubernetes CPU limit is a CFS quota, not a cpuset: a pod limited to 2 CPUs on a 64-core node sees 64)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_quota_cores()
+    return max(1, min(cores, quota)) if quota else cores
+
+
+def quota_cores(quota_us: int, period_us: int) -> int:
+    """A CFS quota as whole cores, rounded up (1.5 CPUs may keep two workers busy half the time); 0: no quota."""
+    if quota_us <= 0 or period_us <= 0:
+        return 0
+    return -(-quota_us // period_us)
+
+
+def cgroup_quota_cores(root: Path = Path("/sys/fs/cgroup")) -> int:
+    """This process's CPU quota from cgroup v2 (`cpu.max`: "max 100000" or "200000 100000") or v1, 0: none."""
+    try:
+        quota, period = ((root / "cpu.max").read_text().split() + ["100000"])[:2]
+        return 0 if quota == "max" else quota_cores(int(quota), int(period))
+    except (OSError, ValueError):
+        pass
+    try:
+        v1 = root / "cpu"
+        return quota_cores(int((v1 / "cpu.cfs_quota_us").read_text()), int((v1 / "cpu.cfs_period_us").read_text()))
+    except (OSError, ValueError):
+        return 0
 
 
 @dataclass(frozen=True)

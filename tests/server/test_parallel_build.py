@@ -139,4 +139,20 @@ def test_build_workers_are_settings_with_one_name_as_flag_env_and_field(monkeypa
     add_settings_arguments(parser, Settings)
     settings = settings_from_args(Settings, parser.parse_args(["--build-workers-min-bytes", str(1 << 20)]))
     assert settings.build_workers == 3 and settings.build_workers_min_bytes == 1 << 20
-    assert parallel_build.usable_cores() == len(os.sched_getaffinity(0))
+    assert 1 <= parallel_build.usable_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_a_cpu_limit_bounds_the_workers_as_a_cpuset_does(tmp_path):
+    # a Kubernetes CPU limit is a CFS quota: the pod sees every core of its node in its affinity
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert parallel_build.cgroup_quota_cores(tmp_path) == 2  # 1.5 CPUs: two workers
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert parallel_build.cgroup_quota_cores(tmp_path) == 0  # no limit
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert parallel_build.cgroup_quota_cores(tmp_path) == 4  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert parallel_build.cgroup_quota_cores(tmp_path) == 0
+    assert parallel_build.cgroup_quota_cores(tmp_path / "absent") == 0
