@@ -9,9 +9,11 @@ EndpointSlice controller would for a ready Pod (no kubelet runs, so no Pod exist
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from rayhistory.operator import config, specs
@@ -41,12 +43,20 @@ def fetch(url: str, timeout: float = 60) -> bytes:
         return resp.read()
 
 
-def prepare_cluster(k8s: Cluster, namespace: str, ingress_class_name: str) -> None:
-    """The namespace, Traefik's IngressClass and the RayHistory CRD (crds/, as users install it)."""
+@contextlib.contextmanager
+def prepared_cluster(k8s: Cluster, namespace: str, ingress_class_name: str) -> Iterator[None]:
+    """The namespace, Traefik's IngressClass and the RayHistory CRD (crds/, as users install it); afterwards the
+    namespace's RayHistories are gone, since the control plane is the session's: the operator tests that run
+    after these would otherwise inject clusters with this RayHistory's settings."""
     k8s.apply_docs([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
                     ingress_class(ingress_class_name)])
     k8s.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "rayhistory.yaml"))
     k8s.wait_established("rayhistories.rayhistory.io")
+    try:
+        yield
+    finally:
+        k8s.kubectl("delete", "rayhistory", "--all", "-n", namespace, "--wait=true", "--timeout=60s")
+        k8s.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 def endpoint_slice(service: str, namespace: str, address: str) -> dict:

@@ -26,7 +26,7 @@ from rayhistory.operator import config, specs
 from rayhistory.store import Store
 from tests.conftest import free_port
 from tests.e2e.browser import chromium, screenshot_on_failure, shot
-from tests.ingress.cluster_objects import apply_server_objects, prepare_cluster, run_server_as_deployed
+from tests.ingress.cluster_objects import apply_server_objects, prepared_cluster, run_server_as_deployed
 from tests.ingress.netns import loopback_port_inside, network_namespace
 from tests.ingress.oauth2 import MockOidc, running_mockoidc, running_oauth2_proxy, traefik_forward_auth
 from tests.ingress.traefik import Traefik, running_traefik
@@ -93,8 +93,7 @@ def guarded(k8s: Cluster, tmp_path_factory) -> Iterator[Guarded]:
     api_port = urlsplit(k8s.server).port
     web_port = free_port()
 
-    with network_namespace(index=1) as backend:
-        prepare_cluster(k8s, NS, INGRESS_CLASS)
+    with network_namespace(index=1) as backend, prepared_cluster(k8s, NS, INGRESS_CLASS):
         doc = {
             "apiVersion": "rayhistory.io/v1alpha1", "kind": "RayHistory", "metadata": {"name": HISTORY, "namespace": NS},
             "spec": {

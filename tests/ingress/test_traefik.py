@@ -35,7 +35,7 @@ from rayhistory.operator import config
 from rayhistory.store import Store
 from tests.conftest import HEAD_NODE_ID, SESSION_NAME
 from tests.e2e.browser import SCREENSHOTS, chromium, screenshot_on_failure, shot, show_failed_task
-from tests.ingress.cluster_objects import (apply_server_objects, fetch, prepare_cluster, run_server_as_deployed,
+from tests.ingress.cluster_objects import (apply_server_objects, fetch, prepared_cluster, run_server_as_deployed,
                                            via_traefik)
 from tests.ingress.netns import NetnsHost, network_namespace
 from tests.ingress.traefik import Traefik, running_traefik
@@ -119,8 +119,7 @@ def world(k8s: Cluster, tmp_path_factory) -> Iterator[World]:
         await asyncio.gather(write_big_session(store, big), write_big_session(store, spare))
     asyncio.run(write_store())
 
-    with network_namespace() as backend:
-        prepare_cluster(k8s, NS, INGRESS_CLASS)
+    with network_namespace() as backend, prepared_cluster(k8s, NS, INGRESS_CLASS):
         history, spec, ingress = apply_server_objects(k8s, rayhistory_doc(HISTORY, store_url, {"host": HOST}), backend)
         assert ingress["spec"]["ingressClassName"] == INGRESS_CLASS
         server = run_server_as_deployed(folder, backend, history, spec)
