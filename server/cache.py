@@ -153,6 +153,7 @@ class CacheEntry:
     # api.HEAD_ONLY routes answer from its head (snapshot_model.TaskSection.head_view)
     tasks_decoding: asyncio.Future | None = None
     head_view: Any = None
+    tasks_unreadable: bool = False  # its stored task section did not decode: answered, never built on
 
     @property
     def tasks_decoded(self) -> bool:

@@ -316,12 +316,16 @@ class SessionLoader:
         if info is None and objects.empty:
             raise SessionNotFound(ref)
         dead = info is not None and info.state == "dead"
+        unreadable = False
         if base is not None:  # folding in what is new needs its tasks
             await self.tasks_decoded(base)
+            if base.tasks_unreadable:  # built again from storage, decoding the tasks at once: build_session
+                base, unreadable = None, True  # then passes over the snapshot whose tasks do not decode
         result = await build_session(
             self.store, ref, dead, info.end_ms if dead else 0, self.writer, progress,
             base=(base.snapshot, base.manifest, base.snapshot_key) if base is not None else None,
-            objects=objects, limits=self.inflate_limits, snapshot_limits=self.snapshot_limits, lazy_tasks=True,
+            objects=objects, limits=self.inflate_limits, snapshot_limits=self.snapshot_limits,
+            lazy_tasks=not unreadable,
             parallel=self.parallel,
         )
         source = result.source
@@ -364,7 +368,7 @@ class SessionLoader:
     async def _decode_tasks(self, ref: SessionRef, entry: CacheEntry, tasks: TaskSection) -> None:
         """In the background, right after the load: a worker thread decodes, a chunk at a time, while the
         event loop and the head's answers go on. Then the entry counts what it really holds."""
-        await asyncio.to_thread(tasks.fill, entry.snapshot, entry.snapshot_key)
+        entry.tasks_unreadable = not await asyncio.to_thread(tasks.fill, entry.snapshot, entry.snapshot_key)
         nbytes = await asyncio.to_thread(measure_bytes, entry.snapshot)
         if self.cache.peek(ref) is entry:
             entry.nbytes = nbytes

@@ -302,15 +302,19 @@ class TaskSection:
         _share_worker_ints(tasks)
         snapshot.tasks, snapshot.job_tasks = tasks, job_tasks
 
-    def fill(self, snapshot: Snapshot, key: str) -> None:
+    def fill(self, snapshot: Snapshot, key: str) -> bool:
         """decode, except that a section that does not decode leaves the snapshot without tasks and
-        incomplete, with `key` (the stored snapshot's) marked corrupt, instead of failing the session."""
+        incomplete, with `key` (the stored snapshot's) marked corrupt, instead of failing the session.
+        Returns whether the tasks decoded: a snapshot they did not is answered, never built on (its tasks
+        would be lost from every snapshot written after it)."""
         try:
             self.decode(snapshot)
+            return True
         except Exception as exc:  # noqa: BLE001 - past the CRC check only a writer's bug gets here
             snapshot.tasks, snapshot.job_tasks = [], {}
             snapshot.objects_corrupt = [*snapshot.objects_corrupt, ObjectProblem(key, f"{type(exc).__name__}: {exc}")]
             snapshot.complete = False
+            return False
 
 
 def decode_head(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> tuple[Snapshot, TaskSection]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import msgspec
 
@@ -38,7 +38,8 @@ from .cache import measure_bytes
 from .parallel_build import ParallelBuild, fold_in_workers
 from .snapshot import SnapshotBuilder
 from .snapshot_model import (
-    FORMAT_VERSION, SNAPSHOT_LIMITS, Snapshot, TaskSection, decode_head, decode_snapshot, encode_snapshot,
+    FORMAT_VERSION, SNAPSHOT_LIMITS, Snapshot, SnapshotFormatError, TaskSection, decode_head, decode_snapshot,
+    encode_snapshot,
 )
 
 log = logging.getLogger(__name__)
@@ -219,17 +220,23 @@ async def build_session(
     if has_new and source != "raw":
         source += "+raw"
     progress.source = source
+    if tasks is not None and (changed or not lazy_tasks):  # folding new objects in needs every task
+        progress.phase = "decoding_tasks"
+        try:
+            await asyncio.to_thread(tasks.decode, snapshot)
+        except SnapshotFormatError as exc:
+            # as an unreadable snapshot is: passed over (built from an older one or from raw), never built on,
+            # which would write its tasks' loss into every snapshot after it
+            log.warning("stored snapshot's tasks do not decode; building without it",
+                        extra={"session": ref.tail, "key": stored_key, "error": str(exc)})
+            passed_over = replace(objects, snapshots=[o for o in objects.snapshots if o.key != stored_key])
+            return await build_session(store, ref, dead, end_ms, writer, progress, None, passed_over, limits,
+                                       snapshot_limits, lazy_tasks, parallel)
+        tasks = None
     if not changed:
-        if tasks is not None and not lazy_tasks:
-            progress.phase = "decoding_tasks"
-            await asyncio.to_thread(tasks.fill, snapshot, stored_key)
-            tasks = None
         result = await _finish(store, ref, snapshot, manifest, writer, objects, stored_key, dead, source, progress)
         result.tasks = tasks
         return result
-    if tasks is not None:  # folding new objects in needs every task
-        progress.phase = "decoding_tasks"
-        await asyncio.to_thread(tasks.fill, snapshot, stored_key)
     if snapshot is None:
         builder = SnapshotBuilder(ref, dead, end_ms, limits)
     else:

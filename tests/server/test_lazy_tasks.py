@@ -139,3 +139,56 @@ async def test_the_server_answers_the_overview_while_the_tasks_decode(store, mon
         release.set()
         async with await waiting as resp:
             assert resp.status == 200 and await resp.json() == expected_tasks
+
+
+async def _session_whose_stored_tasks_do_not_decode(store):  # noqa: F811
+    """The fixture session, compacted, then its stored snapshot's task section replaced by one that passes its
+    CRCs but does not decode (a writer's bug). Returns (ref, the tasks the session has)."""
+    from rayhistory.server.snapshot_store import StoredSnapshot, _envelope_decoder
+
+    ref = await write_fixture_session(store)
+    first = make_loader(store)
+    built = await first.get(ref)
+    await first.close()
+    envelope = _envelope_decoder.decode(await store.get(built.snapshot_key))
+    envelope.snapshot = _resealed(envelope.snapshot, lambda p: p.tasks.__setitem__(0, zlib.compress(b"\xc1 bad")))
+    await store.put(built.snapshot_key, msgspec.msgpack.encode(StoredSnapshot(
+        envelope.manifest, envelope.written_ms, envelope.writer, envelope.snapshot)))
+    return ref, {t.task_id for t in built.snapshot.tasks}
+
+
+async def test_a_late_object_never_builds_on_a_snapshot_whose_tasks_do_not_decode(store):  # noqa: F811
+    # Folding the late batch onto no tasks would write a snapshot whose manifest covers every old batch:
+    # the tasks would be gone from storage's snapshots for good. Built from raw instead, as for an
+    # unreadable snapshot.
+    from tests.server.fixture_store import late_task_batch, late_task_id
+    from tests.conftest import HEAD_NODE_ID
+    from rayhistory import layout
+    from rayhistory.server.snapshot_store import decode_stored
+
+    ref, tasks = await _session_whose_stored_tasks_do_not_decode(store)
+    await store.put(layout.event_batch_key(ref, HEAD_NODE_ID, "latewriter", 1), late_task_batch(1))
+    second = make_loader(store)
+    try:
+        entry = await second.get(ref)
+    finally:
+        await second.close()
+    assert {t.task_id for t in entry.snapshot.tasks} == tasks | {late_task_id(1)}
+    stored, _ = decode_stored(await store.get(entry.snapshot_key))
+    assert {t.task_id for t in stored.tasks} == tasks | {late_task_id(1)}
+
+
+async def test_a_replica_whose_stored_tasks_do_not_decode_rebuilds_on_its_next_load(store):  # noqa: F811
+    from rayhistory.server.snapshot_store import decode_stored
+
+    ref, tasks = await _session_whose_stored_tasks_do_not_decode(store)
+    loader = make_loader(store)
+    try:
+        entry = await loader.get(ref)  # the head answers; the tasks fail to decode behind it
+        assert entry.tasks_unreadable and entry.snapshot.tasks == [] and not entry.snapshot.complete
+        rebuilt = await loader._load_now(ref, loader.progress(ref), entry, 0.0)  # what the next load does
+    finally:
+        await loader.close()
+    assert {t.task_id for t in rebuilt.snapshot.tasks} == tasks and rebuilt.snapshot.complete
+    stored, _ = decode_stored(await store.get(rebuilt.snapshot_key))
+    assert {t.task_id for t in stored.tasks} == tasks
