@@ -297,9 +297,12 @@ class LiveProxy:
             if upstream.status in (401, 403) and "Authorization" not in headers:
                 # Ray's token auth, not the caller's: the history in storage is better than Ray's refusal
                 raise RayTokenRefused(upstream.status, ray_token.HEADER in headers)
+            head = b""
             if rest == "" and request.method == "GET" and upstream.status == 200 \
                     and upstream.content_type == "text/html":
-                return await self._index_with_banner(upstream, ref)
+                head = await _read_up_to(upstream, MAX_INDEX_BYTES + 1)
+                if len(head) <= MAX_INDEX_BYTES:
+                    return self._index_with_banner(head, upstream, ref)
             response = web.StreamResponse(status=upstream.status)
             for name in _FORWARD_RESPONSE_HEADERS:
                 if name in upstream.headers:
@@ -309,17 +312,17 @@ class LiveProxy:
                 response.headers["Location"] = upstream.headers["Location"].lstrip("/")
             response.headers[SOURCE_HEADER] = "live"
             await response.prepare(request)
+            if head:  # an index.html too big for the banner: passed on whole
+                await response.write(head)
             async for chunk in upstream.content.iter_chunked(64 * 1024):
                 await response.write(chunk)
             await response.write_eof()
             return response
 
-    async def _index_with_banner(self, upstream: aiohttp.ClientResponse, ref: SessionRef) -> web.Response:
-        """The head's own index.html with the banner saying the session is live and proxied (a page of a few
-        kB: read whole). Its status comes from the index only (`load=0`): a proxied session is never loaded."""
-        body = await upstream.content.read(MAX_INDEX_BYTES + 1)
-        if len(body) <= MAX_INDEX_BYTES:
-            body = render_dashboard_index(body, ref, f"{self.status_path}?load=0", source="live")
+    def _index_with_banner(self, body: bytes, upstream: aiohttp.ClientResponse, ref: SessionRef) -> web.Response:
+        """The head's own index.html with the banner saying the session is live and proxied. Its status comes
+        from the index only (`load=0`): a proxied session is never loaded."""
+        body = render_dashboard_index(body, ref, f"{self.status_path}?load=0", source="live")
         headers = {name: upstream.headers[name] for name in _FORWARD_RESPONSE_HEADERS
                    if name in upstream.headers and name != "ETag"}  # the page is ours now, not the head's
         headers[SOURCE_HEADER] = "live"
@@ -329,6 +332,16 @@ class LiveProxy:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+async def _read_up_to(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body's first `limit` bytes (all of it if shorter): content.read(n) returns only what is buffered."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := await upstream.content.read(limit - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 class RayTokenRefused(Exception):

@@ -90,8 +90,16 @@ async def live_dashboard():
         return web.json_response(api_answer("api__jobs.json"), headers={"X-Live": "1"})
 
     async def index(request):
+        # in two writes with a pause between, as a busy head or a slow link sends it: the proxy must read on
         seen.append(request)
-        return web.Response(text=LIVE_INDEX, content_type="text/html", headers={"ETag": '"head-etag"'})
+        response = web.StreamResponse(headers={"Content-Type": "text/html", "ETag": '"head-etag"'})
+        await response.prepare(request)
+        page = LIVE_INDEX.encode()
+        await response.write(page[:len(page) // 2])
+        await asyncio.sleep(0.05)
+        await response.write(page[len(page) // 2:])
+        await response.write_eof()
+        return response
 
     async def anything_else(request):
         seen.append(request)
