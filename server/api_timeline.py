@@ -64,12 +64,16 @@ def _kinds(strings: list[str]):
         if found is None:
             name_index, extra_index = key
             try:
-                extra = dict(_shared_json(strings[extra_index] or "{}"))
+                extra = _shared_json(strings[extra_index] or "{}")
             except ValueError:
                 extra = {}
+            if not isinstance(extra, dict):  # extra_data is the worker's free text: "[1]" is JSON too
+                extra = {}
             name = strings[name_index]
+            cname = extra.get("cname", name)
             found = kinds[key] = _Kind(name, extra.get("name", name),
-                                       _COLORS.get(extra.get("cname", name), "generic_work"), extra,
+                                       _COLORS.get(cname, "generic_work") if isinstance(cname, str) else "generic_work",
+                                       extra,
                                        _encode(extra) if extra else b"")
         return found
 

@@ -371,3 +371,16 @@ def test_unfiltered_task_list_from_the_job_index_is_the_filtered_path(query):
     snap = build_fixture_snapshot()
     no_op = {"filter_keys": "type", "filter_predicates": "!=", "filter_values": "NO_SUCH_TYPE"}
     assert api.list_tasks(snap, query)[1] == api.list_tasks(snap, {**query, **no_op})[1]
+
+
+@pytest.mark.parametrize("extra_data, colour", [
+    ("[1]", "rail_animation"), ("12", "rail_animation"), ("not json", "rail_animation"),  # not an object: ignored
+    ('{"cname": []}', "generic_work"), ('{"cname": {"a": 1}}', "generic_work"),  # a colour that is not a name
+])
+def test_a_profile_events_odd_extra_data_is_a_slice_in_the_timeline(extra_data, colour):
+    # extra_data is whatever the worker wrote: JSON that is not an object, or an unhashable cname, was a 500
+    from rayhistory.server.api_timeline import _kinds
+
+    _, kind = _kinds(["task:execute", extra_data])
+    found = kind((0, 1))
+    assert (found.name, found.colour) == ("task:execute", colour)
