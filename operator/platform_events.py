@@ -239,7 +239,14 @@ class PlatformEventRecorder:
             for key in list(self._pending):
                 if store is not None and key != (store, namespace, cluster):
                     continue
-                written += await self._flush_cluster(*key)
+                if store is not None:  # the one asked for: its caller sees what went wrong
+                    written += await self._flush_cluster(*key)
+                    continue
+                try:  # one cluster's broken storage must not keep the others' events from theirs
+                    written += await self._flush_cluster(*key)
+                except Exception as exc:  # noqa: BLE001 - kept pending, retried on the next flush
+                    log.warning("Kubernetes events not written; kept for the next flush",
+                                extra={"namespace": key[1], "cluster": key[2], "error": repr(exc)})
             return written
 
     def forget(self, store: Store, namespace: str, cluster: str) -> int:

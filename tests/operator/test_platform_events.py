@@ -234,6 +234,37 @@ def test_recorder_never_stores_more_bytes_than_the_bound(tmp_path):
     asyncio.run(go())
 
 
+class BrokenStore(Store):
+    """A RayHistory's storage that refuses everything (revoked credentials): the one stand-in here, since
+    what is tested is the recorder's isolation of one cluster's failure, not a storage protocol."""
+
+    async def list(self, prefix: str):
+        raise PermissionError("credentials revoked")
+
+    async def put(self, key: str, data: bytes) -> None:
+        raise PermissionError("credentials revoked")
+
+
+def test_one_clusters_broken_storage_does_not_keep_the_others_events_out(tmp_path):
+    async def go():
+        good, broken = Store(f"file://{tmp_path}/good"), BrokenStore(f"file://{tmp_path}/broken")
+        ref = SessionRef(NS, "demo", SESSION_A)
+        await write_index(good, ref, IndexKind.LIVE, layout.session_start_ms(SESSION_A))
+        clusters = [pe.InjectedCluster(NS, "broken", "h1"), pe.InjectedCluster(NS, "demo", "h2")]
+        stores = {"broken": broken, "demo": good}
+        kube = PodsOfOneCluster({"broken-head-abcde": "broken", "demo-head-abcde": "demo"})
+        recorder = pe.PlatformEventRecorder(OperatorMetrics(), "operator1", 60.0, max_events=10, max_bytes=1 << 20)
+        await recorder.offer(kube, k8s_event("u1", name="broken-head-abcde"), clusters, lambda c: stores[c.name])
+        await recorder.offer(kube, k8s_event("u2"), clusters, lambda c: stores[c.name])
+        assert await recorder.flush() == 1  # demo's, though the broken cluster's came first
+        stored = [r.uid for k in await good.list(layout.platform_events_prefix(ref))
+                  for r in decode_batch(await good.get(k.key), 1 << 20)]
+        assert stored == ["u2"]
+        with pytest.raises(PermissionError):  # asked for by name (after mark-dead): the caller sees it
+            await recorder.flush(broken, NS, "broken")
+    asyncio.run(go())
+
+
 def oomkilled_pod(name: str = "demo-head-abcde", uid: str = "9f0c1e2d-1111-2222-3333-444455556666",
                   finished: str = "2026-12-01T10:05:59Z") -> dict:
     """A pod as the API returns it after its head container was OOMKilled once and restarted (the kubelet's
