@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import resource
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -180,12 +181,18 @@ async def fold_in_workers(
             async with merging:
                 await asyncio.to_thread(builder.merge_tasks, piece, {}, 0)
 
+        # a thread per worker for its pipe, each blocked while its worker folds a chunk: not the default
+        # executor's, which the requests of every other session share
+        pipes = ThreadPoolExecutor(max_workers=len(started), thread_name_prefix="rayhistory-build-pipe")
         try:
             async with asyncio.TaskGroup() as group:  # one worker failing cancels the others' feeds
-                feeds = [group.create_task(_feed(process, conn, stretch, chunk, read, on_chunk, merge, folded, k))
+                feeds = [group.create_task(_feed(process, conn, stretch, chunk, read, on_chunk, merge, folded, k,
+                                                 pipes))
                          for k, ((process, conn), stretch) in enumerate(zip(started, stretches))]
         except ExceptionGroup as failed:
             raise failed.exceptions[0] from None
+        finally:
+            pipes.shutdown(wait=False)
         results = [feed.result() for feed in feeds]
     finally:
         for process, conn in started:
@@ -211,13 +218,14 @@ def _fold_results(builder: SnapshotBuilder, infos: list[ObjectInfo], results: li
 
 
 async def _feed(process, conn, stretch: list[ObjectInfo], chunk: int, read, on_chunk, merge,
-                folded: list[int], k: int) -> WorkerResult:
+                folded: list[int], k: int, pipes: ThreadPoolExecutor) -> WorkerResult:
     """Send one worker its stretch a chunk at a time, reading the next chunk while it folds one."""
     chunks = [stretch[i:i + chunk] for i in range(0, len(stretch), chunk)]
+    loop = asyncio.get_running_loop()
 
     async def call(fn, *args):
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await loop.run_in_executor(pipes, fn, *args)
         except (EOFError, OSError) as exc:
             await asyncio.to_thread(process.join, 5)
             raise BuildWorkerDied(f"build worker {k} (pid {process.pid}) ended during the load "
