@@ -21,10 +21,11 @@ import logging
 import struct
 from array import array
 from collections import defaultdict
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import msgspec
+from msgspec import Struct
 
 from rayhistory.compression import DEFAULT_LIMITS, InflateError, InflateLimits, gunzip
 from rayhistory.events import PAYLOAD_FIELD, TaskLifecycle, TaskProfile, hex_id, ts_ns
@@ -131,39 +132,75 @@ _TASK_STRINGS_TAIL = ("placement_group", "resources", "runtime_env", "call_site"
 # ---- the builder -----------------------------------------------------------------------------------
 
 
-# A task attempt being built is a plain dict of atoms (str, int, bytes): the cyclic GC does not track such
-# dicts, and a 100k-task build would otherwise spend a third of its time in GC passes over them.
-# Keys: the Task field names for scalars, the task_log_info keys, "component", and two packed byte strings
-# that only grow: "t" (transitions, _ACC_TRANSITION) and "p" (profile events, _ACC_PROFILE, names as
-# indices into the builder's word list).
 _ACC_TRANSITION = struct.Struct("<qB")  # ts ns, state code: sorts by time
 _ACC_PROFILE = struct.Struct("<qqII")  # end ns, start ns, name, extra data (builder word indices)
 
 
-def _put(fields: dict, name: str, value: Any) -> None:
+class TaskFields(Struct, gc=False):
+    """A task attempt being built: atoms only (str, int, bytes), "" or 0 while unknown. Untracked by the
+    cyclic GC (a 100k-task build would otherwise spend a third of its time in GC passes over them) and
+    half the size of a dict of the same fields, which is most of a cold build's peak.
+    Scalars are Task's fields and the task_log_info keys (offsets stored + 1, so that a real 0 is not
+    unknown); `t` and `p` only grow: transitions (_ACC_TRANSITION) and profile events (_ACC_PROFILE, names
+    as indices into the builder's word list)."""
+
+    job: str = ""
+    name: str = ""
+    func: str = ""
+    type: str = ""
+    language: str = ""
+    actor: str = ""
+    parent: str = ""
+    node: str = ""
+    worker: str = ""
+    placement_group: str = ""
+    resources: str = ""
+    runtime_env: str = ""
+    call_site: str = ""
+    label_selector: str = ""
+    repr_name: str = ""
+    error_type: str = ""
+    error_message: str = ""
+    stdout_file: str = ""
+    stderr_file: str = ""
+    worker_pid: int = 0
+    debugger_paused: int = 0
+    stdout_start: int = 0
+    stdout_end: int = 0
+    stderr_start: int = 0
+    stderr_end: int = 0
+    component: str = ""
+    t: bytes = b""
+    p: bytes = b""
+
+
+_TASK_SCALARS = tuple(name for name in TaskFields.__struct_fields__ if name not in ("t", "p"))
+_task_strings_head, _task_strings_tail = attrgetter(*_TASK_STRINGS_HEAD), attrgetter(*_TASK_STRINGS_TAIL)
+_log_offsets = attrgetter(*LOG_INFO_KEYS[2:])
+
+
+def _put(fields: TaskFields, name: str, value: Any) -> None:
     """Order-independent merge of one scalar: non-empty wins, then the greater."""
     if value:
-        old = fields.get(name)
+        old = getattr(fields, name)
         if not old or value > old:
-            fields[name] = value
+            setattr(fields, name, value)
 
 
-def _put_all(fields: dict, values: tuple[tuple[str, Any], ...]) -> None:
+def _put_all(fields: TaskFields, values: tuple[tuple[str, Any], ...]) -> None:
     """_put of several (name, value) pairs, in one call."""
-    get = fields.get
     for name, value in values:
         if value:
-            old = get(name)
+            old = getattr(fields, name)
             if not old or value > old:
-                fields[name] = value
+                setattr(fields, name, value)
 
 
-def _merge_fields(into: dict, other: dict) -> None:
-    for name, value in other.items():
-        if name in ("t", "p"):
-            into[name] = into.get(name, b"") + value
-        else:
-            _put(into, name, value)
+def _merge_fields(into: TaskFields, other: TaskFields) -> None:
+    into.t += other.t
+    into.p += other.p
+    for name in _TASK_SCALARS:
+        _put(into, name, getattr(other, name))
 
 
 
@@ -241,7 +278,7 @@ class SnapshotBuilder:
         self.limits = limits  # how far one stored object may inflate (rayhistory.compression)
         self.dead = dead
         self.end_ms = end_ms
-        self._tasks: dict[tuple[str, int], dict] = {}  # (base64 task id, attempt) -> fields, see _put
+        self._tasks: dict[tuple[str, int], TaskFields] = {}  # (base64 task id, attempt) -> its fields
         self._word_index = _WordIds(word_base)  # profile event names and extra data
         self._words = self._word_index.texts  # word id -> text
         # a parallel load's worker folds task events and keeps the others (actors, nodes, workers, jobs: a few
@@ -379,12 +416,12 @@ class SnapshotBuilder:
                 continue
             self._cluster_events[event_id] = event
 
-    def take_tasks(self) -> tuple[dict[tuple[str, int], dict], dict[int, str]]:
+    def take_tasks(self) -> tuple[dict[tuple[str, int], TaskFields], dict[int, str]]:
         """A parallel load's worker hands its task states and words over (for merge_tasks); they leave it."""
         tasks, self._tasks = self._tasks, {}
         return tasks, self._words
 
-    def merge_tasks(self, tasks: dict[tuple[str, int], dict], words: dict[int, str], events_folded: int) -> None:
+    def merge_tasks(self, tasks: dict[tuple[str, int], TaskFields], words: dict[int, str], events_folded: int) -> None:
         """The task states a parallel load's worker folded (`words`: its word ids, in a range of its own)."""
         self._words.update(words)
         mine = self._tasks
@@ -409,12 +446,12 @@ class SnapshotBuilder:
 
     # -- events ------------------------------------------------------------------------------------
 
-    def _task(self, b64_id: str, attempt: int) -> dict:
+    def _task(self, b64_id: str, attempt: int) -> TaskFields:
         # keyed by the base64 id as Ray sends it (decoded once, in build): most ids appear in ~5 events
         key = (b64_id, attempt)
         fields = self._tasks.get(key)
         if fields is None:
-            fields = self._tasks[key] = {}
+            fields = self._tasks[key] = TaskFields()
         return fields
 
     def _defer(self, event) -> None:
@@ -458,23 +495,31 @@ class SnapshotBuilder:
         ))
 
     def _task_lifecycle(self, e: TaskLifecycle) -> None:
-        # the hottest handler (three events of five): _task inlined
+        # the hottest handler (three events of five): _task, _ts, _put and _log_offset inlined
         key = (e.task_id, e.task_attempt)
         f = self._tasks.get(key)
         if f is None:
-            f = self._tasks[key] = {}
+            f = self._tasks[key] = TaskFields()
         codes, pack = TASK_STATE_CODE, _ACC_TRANSITION.pack
         packed = b"".join([pack(_ts(t.timestamp), codes[t.state]) for t in e.state_transitions if t.state in codes])
         if packed:
-            f["t"] = f.get("t", b"") + packed
-        hex_of, get = self._id, f.get
-        for name, value in (("job", e.job_id), ("node", e.node_id), ("worker", e.worker_id)):
-            if value:
-                value = hex_of(value)
-                if value:
-                    old = get(name)
-                    if not old or value > old:
-                        f[name] = value
+            f.t += packed
+        hex_of = self._id
+        value = e.job_id
+        if value:
+            value = hex_of(value)
+            if value and (not f.job or value > f.job):
+                f.job = value
+        value = e.node_id
+        if value:
+            value = hex_of(value)
+            if value and (not f.node or value > f.node):
+                f.node = value
+        value = e.worker_id
+        if value:
+            value = hex_of(value)
+            if value and (not f.worker or value > f.worker):
+                f.worker = value
         if e.worker_pid:
             _put(f, "worker_pid", e.worker_pid)
         if e.actor_repr_name:
@@ -508,7 +553,7 @@ class SnapshotBuilder:
         except (TypeError, ValueError):
             packed = [pack(_int(ev.end_time), _int(ev.start_time), word(ev.event_name),
                            word(ev.extra_data or "{}")) for ev in events]
-        f["p"] = f.get("p", b"") + b"".join(packed)
+        f.p += b"".join(packed)
 
     def _actor(self, b64_id: str) -> Actor:
         actor_id = _hex(b64_id)
@@ -605,11 +650,11 @@ class SnapshotBuilder:
 
     # -- derived state -----------------------------------------------------------------------------
 
-    def _profile_of(self, f: dict) -> list[tuple[int, int, str]]:
+    def _profile_of(self, f: TaskFields) -> list[tuple[int, int, str]]:
         words = self._words
-        return [(e, s, words[n]) for e, s, n, _ in _ACC_PROFILE.iter_unpack(f.get("p", b""))]
+        return [(e, s, words[n]) for e, s, n, _ in _ACC_PROFILE.iter_unpack(f.p)]
 
-    def _derived_end(self, task_id: str, f: dict, transitions: list[tuple[int, int]], state: int,
+    def _derived_end(self, task_id: str, f: TaskFields, transitions: list[tuple[int, int]], state: int,
                      end_ns: int) -> tuple[int, int, str]:
         """(state, end ns, failure reason) of an attempt no terminal transition ended (docs/dead-sessions.md):
         in a dead session what the events prove (its execution closed, its actor became ALIVE) ends it
@@ -617,13 +662,12 @@ class SnapshotBuilder:
         else a dead session fails it at the session's end."""
         if self.dead:
             closed = execution_closed_ns(self._profile_of(f))
-            if not closed and f.get("type") == "ACTOR_CREATION_TASK":
-                closed = first_alive_after(self._actors.get(f.get("actor", "")),
+            if not closed and f.type == "ACTOR_CREATION_TASK":
+                closed = first_alive_after(self._actors.get(f.actor),
                                             transitions[0][0] if transitions else 0)
             if closed:
                 return FINISHED, closed, ""
-        for end, reason in (worker_death(self._workers.get(f.get("worker", ""))),
-                            job_end(self._jobs.get(f.get("job", "")))):
+        for end, reason in (worker_death(self._workers.get(f.worker)), job_end(self._jobs.get(f.job))):
             if end:
                 return FAILED, end, reason.replace("{task_id}", task_id)
         if self.dead:
@@ -646,29 +690,36 @@ class SnapshotBuilder:
         ref = index.__getitem__
         end_ns = self.end_ms * 1_000_000
         pack_transition, pack_profile, pack_offsets = TRANSITION_ENTRY.pack, PROFILE_ENTRY.pack, LOG_OFFSETS.pack
-        by_hex: dict[tuple[str, int], dict] = {}
-        for (b64, attempt), fields in self._tasks.items():
+        by_hex: dict[tuple[str, int], TaskFields] = {}
+        by_b64 = self._tasks
+        if release:  # each base64 key is freed as its hex key is made: the two sets of keys never coexist
+            self._tasks = {}
+            pairs = (by_b64.popitem() for _ in range(len(by_b64)))
+        else:
+            pairs = iter(by_b64.items())
+        for (b64, attempt), fields in pairs:
             key = (_hex(b64), attempt)
             if key in by_hex:  # the same id spelled two ways (non-canonical base64)
                 _merge_fields(by_hex[key], fields)
             else:
                 by_hex[key] = fields
-        if release:
-            self._tasks = {}
+        del by_b64, pairs
         take = by_hex.pop if release else by_hex.__getitem__
         words = self._words
         tasks = []
         append = tasks.append
         # Ray sorts its task list by task id alone, stably, over the GCS's order, where an attempt that ended
-        # later comes first: a retry before the attempt it replaced
-        for task_id, attempt in sorted(by_hex, key=lambda k: (k[0], -k[1])):
+        # later comes first: a retry before the attempt it replaced. Two stable sorts by keys that already
+        # exist: no key tuple per task
+        order = sorted(by_hex, key=itemgetter(1), reverse=True)
+        order.sort(key=itemgetter(0))
+        for task_id, attempt in order:
             f = take((task_id, attempt))
             # Ray's GCS lists only task attempts with task info of their own (HandleGetTaskEvents skips the
             # others): a restarted actor's constructor, an id only a submitter's profile events name. They are
             # kept, unlisted, for a definition a later flush may bring.
-            listed = "type" in f
-            get = f.get
-            transitions = sorted(set(_ACC_TRANSITION.iter_unpack(get("t", b""))))
+            listed = f.type != ""
+            transitions = sorted(set(_ACC_TRANSITION.iter_unpack(f.t)))
             # the dashboard shows the greatest state by enum number (Ray's protobuf_to_task_state_dict)
             state = 0
             for _, code in transitions:
@@ -678,19 +729,19 @@ class SnapshotBuilder:
             derived_end = 0  # what the API reads: a recorded end is among the transitions already
             if state != FINISHED and state != FAILED and listed:
                 state, derived_end, reason = self._derived_end(task_id, f, transitions, state, end_ns)
-            profile = get("p")
+            profile = f.p
             if profile:
                 # a worker records a profile event when it ends: end time is the order Ray shows them in
                 events = sorted({(e, s, words[n], words[x]) for e, s, n, x in _ACC_PROFILE.iter_unpack(profile)})
                 profile = b"".join([pack_profile(ref(n), s, e, ref(x)) for e, s, n, x in events])
-            has_log = "stdout_file" in f or "stderr_file" in f
+            has_log = f.stdout_file != "" or f.stderr_file != ""
             # positional, in Task's field order (which is also the order strings get their index in)
             append(Task(
-                task_id, attempt, *map(ref, map(get, _TASK_STRINGS_HEAD)), get("worker_pid", 0),
-                *map(ref, map(get, _TASK_STRINGS_TAIL)), get("debugger_paused", 0),
-                pack_records(b"".join([pack_transition(code, ts) for ts, code in transitions]), profile or b"",
-                             pack_offsets(*[get(k, 0) - 1 for k in LOG_INFO_KEYS[2:]]) if has_log else b""),
-                ref(get("component")), state, derived_end, ref(reason or None), listed,
+                task_id, attempt, *map(ref, _task_strings_head(f)), f.worker_pid,
+                *map(ref, _task_strings_tail(f)), f.debugger_paused,
+                pack_records(b"".join([pack_transition(code, ts) for ts, code in transitions]), profile,
+                             pack_offsets(*[offset - 1 for offset in _log_offsets(f)]) if has_log else b""),
+                ref(f.component), state, derived_end, ref(reason or None), listed,
             ))
         job_positions: dict[int, array] = {}
         driver = index.get("DRIVER_TASK", -1)
@@ -730,7 +781,7 @@ class SnapshotBuilder:
                  "resources", "runtime_env", "call_site", "label_selector", "repr_name", "error_type",
                  "error_message")
         for t in snapshot.tasks:
-            f = b._tasks[(base64.b64encode(bytes.fromhex(t.task_id)).decode(), t.attempt)] = {}
+            f = b._tasks[(base64.b64encode(bytes.fromhex(t.task_id)).decode(), t.attempt)] = TaskFields()
             for name in names:
                 _put(f, name, strings[getattr(t, name)])
             for name, value in (task_log_info(strings, t) or {}).items():
@@ -738,8 +789,8 @@ class SnapshotBuilder:
             _put(f, "worker_pid", t.worker_pid)
             _put(f, "debugger_paused", t.debugger_paused)
             _put(f, "component", strings[t.component])
-            f["t"] = b"".join(_ACC_TRANSITION.pack(ts, code) for code, ts in task_transitions(t))
-            f["p"] = b"".join(_ACC_PROFILE.pack(e, s, b._word(strings[n]), b._word(strings[x]))
+            f.t = b"".join(_ACC_TRANSITION.pack(ts, code) for code, ts in task_transitions(t))
+            f.p = b"".join(_ACC_PROFILE.pack(e, s, b._word(strings[n]), b._word(strings[x]))
                               for n, s, e, x in task_profile(t))
         b._actors = {a.actor_id: msgspec.structs.replace(a) for a in snapshot.actors}
         b._nodes = {n.node_id: msgspec.structs.replace(n) for n in snapshot.nodes}
