@@ -28,7 +28,7 @@ import msgspec
 from msgspec import Struct
 
 from rayhistory.compression import DEFAULT_LIMITS, InflateError, InflateLimits, gunzip
-from rayhistory.events import PAYLOAD_FIELD, TaskLifecycle, TaskProfile, hex_id, ts_ns
+from rayhistory.events import PAYLOAD_FIELD, hex_id, ts_ns
 from rayhistory.layout import SessionRef
 
 from .derived_state import SESSION_ENDED_REASON, execution_closed_ns, first_alive_after, job_end, worker_death
@@ -41,8 +41,8 @@ from .snapshot_model import (  # noqa: F401 - FORMAT_VERSION, SNAPSHOT_LIMITS, d
     task_transitions,
 )
 from .stored_events import (
-    StoredActorTaskDefinition, StoredTaskDefinition, decode_careful, decode_line_by_line, func_name_of,
-    labels_of, resources_of,
+    StoredActorTaskDefinition, StoredTaskDefinition, StoredTaskLifecycle, StoredTaskProfile, decode_careful,
+    decode_line_by_line, func_name_of, labels_of, resources_of,
 )
 from .stored_events import decode_clean as _decode_stored  # a module global, looked up on each call
 
@@ -174,6 +174,9 @@ class TaskFields(Struct, gc=False):
     p: bytes = b""
 
 
+# the fields only a task's definition sets (its job is merged, as other events name it too)
+_DEFINITION_FIELDS = ("name", "func", "type", "actor", "language", "parent", "placement_group", "resources",
+                      "runtime_env", "call_site", "label_selector")
 _TASK_SCALARS = tuple(name for name in TaskFields.__struct_fields__ if name not in ("t", "p"))
 _task_strings_head, _task_strings_tail = attrgetter(*_TASK_STRINGS_HEAD), attrgetter(*_TASK_STRINGS_TAIL)
 _log_offsets = attrgetter(*LOG_INFO_KEYS[2:])
@@ -204,9 +207,9 @@ def _merge_fields(into: TaskFields, other: TaskFields) -> None:
 
 
 
-def _log_offset(value) -> int:
+def _log_offset(value: int | None) -> int:
     """A log offset as the builder accumulates it: offset + 1, and 0 when absent (a real 0 is not absent)."""
-    return 0 if value is None else _int(value) + 1
+    return 0 if value is None else value + 1
 
 
 def _decode_bytes_fields(value: Any) -> Any:
@@ -485,16 +488,20 @@ class SnapshotBuilder:
         labels = self._cached(self._labels_json, d.label_selector, labels_of)
         pg = self._id(d.placement_group_id)
         text = self._text
+        job = self._id(d.job_id)
         f = self._task(d.task_id, d.task_attempt)
-        _put_all(f, (
-            ("name", text[name]), ("func", func), ("type", text[task_type]), ("actor", actor),
-            ("language", text[d.language]), ("job", self._id(d.job_id)), ("parent", self._id(d.parent_task_id)),
-            ("placement_group", "" if pg == NIL_PLACEMENT_GROUP else pg), ("resources", resources),
-            ("runtime_env", text[d.serialized_runtime_env]), ("call_site", text[d.call_site]),
-            ("label_selector", labels),
-        ))
+        if job and (not f.job or job > f.job):
+            f.job = job
+        values = (text[name], func, text[task_type], actor, text[d.language], self._id(d.parent_task_id),
+                  "" if pg == NIL_PLACEMENT_GROUP else pg, resources, text[d.serialized_runtime_env],
+                  text[d.call_site], labels)
+        if f.type == "":  # the attempt's first definition (every definition sets a type): nothing to merge with
+            (f.name, f.func, f.type, f.actor, f.language, f.parent, f.placement_group, f.resources, f.runtime_env,
+             f.call_site, f.label_selector) = values
+        else:  # sent again
+            _put_all(f, tuple(zip(_DEFINITION_FIELDS, values)))
 
-    def _task_lifecycle(self, e: TaskLifecycle) -> None:
+    def _task_lifecycle(self, e: StoredTaskLifecycle) -> None:
         # the hottest handler (three events of five): _task, _ts, _put and _log_offset inlined
         key = (e.task_id, e.task_attempt)
         f = self._tasks.get(key)
@@ -538,22 +545,22 @@ class SnapshotBuilder:
                 ("stderr_start", _log_offset(info.stderr_start)), ("stderr_end", _log_offset(info.stderr_end)),
             ))
 
-    def _task_profile(self, p: TaskProfile) -> None:
+    def _task_profile(self, p: StoredTaskProfile) -> None:
         f = self._task(p.task_id, p.attempt_number)
         if p.job_id:
-            _put(f, "job", self._id(p.job_id))
+            job = self._id(p.job_id)
+            if job and (not f.job or job > f.job):
+                f.job = job
         pe = p.profile_events
         if pe is None:
             return
-        _put(f, "component", self._text[f"{pe.component_type}\n{self._id(pe.component_id)}\n{pe.node_ip_address}"])
+        component = self._text[f"{pe.component_type}\n{self._id(pe.component_id)}\n{pe.node_ip_address}"]
+        if not f.component or component > f.component:
+            f.component = component
         word, pack, events = self._word_index.__getitem__, _ACC_PROFILE.pack, pe.events
-        try:  # times are decimal strings (64-bit integers in protobuf JSON): int() first, _int's leniency if not
-            packed = [pack(int(ev.end_time or 0), int(ev.start_time or 0), word(ev.event_name),
-                           word(ev.extra_data or "{}")) for ev in events]
-        except (TypeError, ValueError):
-            packed = [pack(_int(ev.end_time), _int(ev.start_time), word(ev.event_name),
-                           word(ev.extra_data or "{}")) for ev in events]
-        f.p += b"".join(packed)
+        # times arrive as decimal strings (64-bit integers in protobuf JSON), decoded to int (stored_events.py)
+        f.p += b"".join([pack(ev.end_time, ev.start_time, word(ev.event_name), word(ev.extra_data or "{}"))
+                         for ev in events])
 
     def _actor(self, b64_id: str) -> Actor:
         actor_id = _hex(b64_id)

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from rayhistory import layout
+from rayhistory.events import accept_events
 from rayhistory.server import api
 from rayhistory.server.snapshot import (
     FORMAT_VERSION, SnapshotBuilder, SnapshotFormatError, decode_snapshot, encode_snapshot,
@@ -128,6 +129,27 @@ def test_a_bad_event_is_rejected_alone():
     # rejected alone, and named: a stored event the builder cannot use is damage (issue 9, item 2)
     assert snap.events_rejected == 2 and not snap.complete and [p.key for p in snap.objects_corrupt] == [key]
     assert len(snap.workers) == sum(e["eventType"] == "WORKER_DEFINITION_EVENT" for e in body)
+
+
+@pytest.mark.parametrize("event_type, change", [
+    ("TASK_LIFECYCLE_EVENT", lambda e: e["taskLifecycleEvent"]["taskLogInfo"].update(stdoutStart="ten")),
+    ("TASK_PROFILE_EVENT", lambda e: e["taskProfileEvents"]["profileEvents"]["events"][0].update(startTime="1.5")),
+])
+def test_an_int64_that_is_not_an_integer_is_rejected_alone(event_type, change):
+    """Ray sends 64-bit integers as strings, and the collector keeps any string there; the builder reads them
+    as integers in its decoder (stored_events.py): one that is not rejects its own event only."""
+    events = [e for body in received_bodies() for e in body]
+    bad = next(i for i, e in enumerate(events) if e["eventType"] == event_type
+               and (event_type != "TASK_LIFECYCLE_EVENT" or "taskLogInfo" in e["taskLifecycleEvent"]))
+    broken = json.loads(json.dumps(events[bad]))
+    change(broken)
+    assert accept_events(json.dumps([broken]).encode())[1] == []  # the collector stores it
+    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
+    snap = _build({key: _batch(events[:bad] + [broken] + events[bad + 1:])})
+    without = _build({key: _batch(events[:bad] + events[bad + 1:])})
+    assert snap.events_rejected == 1 and without.events_rejected == 0
+    assert [p.key for p in snap.objects_corrupt] == [key] and not snap.complete
+    assert _content(msgspec.structs.replace(snap, events_rejected=0, objects_corrupt=[], complete=True)) == _content(without)
 
 
 @pytest.mark.parametrize("field, value", [
