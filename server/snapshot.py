@@ -502,13 +502,15 @@ class SnapshotBuilder:
             _put_all(f, tuple(zip(_DEFINITION_FIELDS, values)))
 
     def _task_lifecycle(self, e: StoredTaskLifecycle) -> None:
-        # the hottest handler (three events of five): _task, _ts, _put and _log_offset inlined
+        # the hottest handler (three events of five): _task, _ts and _put inlined
         key = (e.task_id, e.task_attempt)
         f = self._tasks.get(key)
         if f is None:
             f = self._tasks[key] = TaskFields()
-        codes, pack = TASK_STATE_CODE, _ACC_TRANSITION.pack
-        packed = b"".join([pack(_ts(t.timestamp), codes[t.state]) for t in e.state_transitions if t.state in codes])
+        codes, pack, starts = TASK_STATE_CODE, _ACC_TRANSITION.pack, _second_starts
+        packed = b"".join([pack(starts[ts[:20]] + int(ts[20:29]) if len(ts) == 30 and ts[29] == "Z" else _ts(ts),
+                                codes[t.state])
+                           for t in e.state_transitions if t.state in codes for ts in (t.timestamp,)])
         if packed:
             f.t += packed
         hex_of = self._id
@@ -527,23 +529,28 @@ class SnapshotBuilder:
             value = hex_of(value)
             if value and (not f.worker or value > f.worker):
                 f.worker = value
-        if e.worker_pid:
-            _put(f, "worker_pid", e.worker_pid)
+        value = e.worker_pid
+        if value and (not f.worker_pid or value > f.worker_pid):
+            f.worker_pid = value
         if e.actor_repr_name:
             _put(f, "repr_name", self._text[e.actor_repr_name])
         if e.is_debugger_paused:
             _put(f, "debugger_paused", 2)
         if e.ray_error_info:
-            _put(f, "error_type", e.ray_error_info.get("errorType", ""))
-            _put(f, "error_message", e.ray_error_info.get("errorMessage", ""))
+            # Ray's enum name and message; anything else there (the collector keeps any JSON) is not shown
+            for name, value in (("error_type", e.ray_error_info.get("errorType")),
+                                ("error_message", e.ray_error_info.get("errorMessage"))):
+                if isinstance(value, str):
+                    _put(f, name, value)
         info = e.task_log_info
         if info is not None:
-            # offsets arrive in several events (start when the task runs, end when it finishes): merge per field
-            _put_all(f, (
-                ("stdout_file", self._text[info.stdout_file]), ("stderr_file", self._text[info.stderr_file]),
-                ("stdout_start", _log_offset(info.stdout_start)), ("stdout_end", _log_offset(info.stdout_end)),
-                ("stderr_start", _log_offset(info.stderr_start)), ("stderr_end", _log_offset(info.stderr_end)),
-            ))
+            text = self._text
+            values = (text[info.stdout_file], text[info.stderr_file], _log_offset(info.stdout_start),
+                      _log_offset(info.stdout_end), _log_offset(info.stderr_start), _log_offset(info.stderr_end))
+            if not (f.stdout_file or f.stderr_file or f.stdout_start or f.stdout_end or f.stderr_start or f.stderr_end):
+                f.stdout_file, f.stderr_file, f.stdout_start, f.stdout_end, f.stderr_start, f.stderr_end = values
+            else:  # offsets arrive in several events (start when the task runs, end when it ends): merge per field
+                _put_all(f, tuple(zip(LOG_INFO_KEYS, values)))
 
     def _task_profile(self, p: StoredTaskProfile) -> None:
         f = self._task(p.task_id, p.attempt_number)
@@ -720,8 +727,9 @@ class SnapshotBuilder:
         # exist: no key tuple per task
         order = sorted(by_hex, key=itemgetter(1), reverse=True)
         order.sort(key=itemgetter(0))
-        for task_id, attempt in order:
-            f = take((task_id, attempt))
+        for key in order:
+            f = take(key)
+            task_id, attempt = key
             # Ray's GCS lists only task attempts with task info of their own (HandleGetTaskEvents skips the
             # others): a restarted actor's constructor, an id only a submitter's profile events name. They are
             # kept, unlisted, for a definition a later flush may bring.

@@ -85,7 +85,6 @@ class StoredEvent(Struct, rename="camel", gc=False):
 
     event_id: str
     event_type: str
-    session_name: str
     task_definition_event: StoredTaskDefinition | None = None
     task_lifecycle_event: StoredTaskLifecycle | None = None
     actor_task_definition_event: StoredActorTaskDefinition | None = None

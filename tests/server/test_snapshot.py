@@ -131,6 +131,19 @@ def test_a_bad_event_is_rejected_alone():
     assert len(snap.workers) == sum(e["eventType"] == "WORKER_DEFINITION_EVENT" for e in body)
 
 
+def test_an_error_info_that_is_not_ray_s_shape_costs_only_itself():
+    """rayErrorInfo is any JSON object to the collector: an errorType that is an object once failed the whole
+    build (it reached the string table, unhashable). Only strings are shown; the rest of the session is."""
+    events = [e for body in received_bodies() for e in body]
+    bad = next(i for i, e in enumerate(events) if e["eventType"] == "TASK_LIFECYCLE_EVENT")
+    broken = json.loads(json.dumps(events[bad]))
+    broken["taskLifecycleEvent"]["rayErrorInfo"] = {"errorType": {"nested": 1}, "errorMessage": ["a", "list"]}
+    assert accept_events(json.dumps([broken]).encode())[1] == []  # the collector stores it
+    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
+    snap = _build({key: _batch(events[:bad] + [broken] + events[bad + 1:])})
+    assert _content(snap) == _content(_build({key: _batch(events)}))
+
+
 @pytest.mark.parametrize("event_type, change", [
     ("TASK_LIFECYCLE_EVENT", lambda e: e["taskLifecycleEvent"]["taskLogInfo"].update(stdoutStart="ten")),
     ("TASK_PROFILE_EVENT", lambda e: e["taskProfileEvents"]["profileEvents"]["events"][0].update(startTime="1.5")),
