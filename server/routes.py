@@ -40,7 +40,6 @@ from rayhistory import layout
 from rayhistory.events import ts_ms
 from rayhistory.index import SessionIndex, SessionInfo, merge_records, session_last_activity_ms
 from rayhistory.layout import SessionRef
-from rayhistory.platform_events import platform_events_answer
 
 from . import api, api_captured, logs
 from .auth import VISIBLE_KEY
@@ -387,10 +386,10 @@ class Routes:
             replayed = api_captured.answer(entry.head, PLATFORM_EVENTS_PATH, request.query)
             if replayed is not None:
                 return body_response(200, replayed, completeness_headers(entry))
-        records = await self.state.platform_events.records(ref)
-        if not records:
+        kept = await self.state.platform_events.answer(ref)
+        if kept is None:
             return web.Response(text="404: Not Found", status=404, content_type="text/plain")
-        return json_response(platform_events_answer(records))
+        return web.Response(body=kept, content_type="application/json")
 
     async def job_logs(self, request: web.Request) -> web.Response:
         """/api/jobs/{job_id}/logs: the whole driver log of a submission job, as {"logs": text}."""
