@@ -5,7 +5,8 @@ that killed the head itself. The operator sees every one of them (one cluster-wi
 Events, through Kopf), from the cluster's creation to its deletion:
 - an event about a RayCluster counts if the cluster is injected (the `injected` index); about a RayJob or
   RayService, for each injected cluster it owns; about a Pod, for the cluster its `ray.io/cluster` label
-  names (one GET per pod, cached; only for pods named like an injected cluster of the namespace);
+  names (one GET per pod, cached; a pod that is gone, one GET per `GONE_POD_TTL_S`; only for pods named
+  like an injected cluster of the namespace);
 - it belongs to the session the cluster's head was running when it happened: the newest of the cluster's
   sessions in the index that started before it; before the first session (scheduling, image pulls), to
   the first. Until a session exists it waits in memory (bounded);
@@ -29,6 +30,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import cachetools
+
 from rayhistory import layout
 from rayhistory.index import SessionIndex, SessionInfo
 from rayhistory.layout import SessionRef
@@ -43,6 +46,9 @@ log = logging.getLogger(__name__)
 CLUSTER_LABEL = "ray.io/cluster"
 OWNER_KINDS = ("RayJob", "RayService")
 MAX_POD_CACHE = 10_000
+# a gone pod's later events (its deletion's Killing, ...) come in bursts: one GET per this many seconds,
+# and a pod that comes back under the name is seen again soon after
+GONE_POD_TTL_S = 60.0
 MAX_SESSIONS_TRACKED = 1_000
 # KubeRay names a cluster's pods after it, cutting long names: only pods that start like one of the
 # namespace's injected clusters are looked up.
@@ -148,7 +154,7 @@ class KeptSession:
 
 class PlatformEventRecorder:
     def __init__(self, metrics: OperatorMetrics, writer: str, flush_interval: float, max_events: int,
-                 max_bytes: int):
+                 max_bytes: int, gone_pod_ttl_s: float = GONE_POD_TTL_S):
         self.metrics = metrics
         self.writer = writer
         self.flush_interval = flush_interval
@@ -158,6 +164,8 @@ class PlatformEventRecorder:
         self._pending: dict[tuple[Store, str, str], dict[str, PlatformEventRecord]] = {}
         self._kept: OrderedDict[tuple[int, SessionRef], KeptSession] = OrderedDict()
         self._pods: OrderedDict[tuple[str, str], str] = OrderedDict()  # (namespace, pod) -> its cluster label
+        self._gone_pods: cachetools.TTLCache[tuple[str, str], bool] = cachetools.TTLCache(MAX_POD_CACHE,
+                                                                                         gone_pod_ttl_s)
         self._indexes: dict[int, SessionIndex] = {}
         self._seq = 0
         self._lock = asyncio.Lock()
@@ -170,12 +178,16 @@ class PlatformEventRecorder:
         if key in self._pods:
             self._pods.move_to_end(key)
             return self._pods[key]
+        if key in self._gone_pods:
+            return ""
         obj = await kube.get(object_path("v1", "Pod", namespace, pod))
-        label = ((obj or {}).get("metadata", {}).get("labels") or {}).get(CLUSTER_LABEL, "")
-        if obj is not None:  # a pod gone before its first event is looked up again if it comes back
-            self._pods[key] = label
-            if len(self._pods) > MAX_POD_CACHE:
-                self._pods.popitem(last=False)
+        if obj is None:  # gone before its first event: not kept for good, it may come back under the name
+            self._gone_pods[key] = True
+            return ""
+        label = (obj.get("metadata", {}).get("labels") or {}).get(CLUSTER_LABEL, "")
+        self._pods[key] = label
+        if len(self._pods) > MAX_POD_CACHE:
+            self._pods.popitem(last=False)
         return label
 
     async def offer(self, kube: Kube, event: dict[str, Any], injected: list[InjectedCluster],

@@ -3,7 +3,8 @@
 Public port:
 - `/s/{namespace}/{cluster}/{session}/{path}` for every `api.ROUTES` entry (pure handlers over the
   snapshot), plus `api/v0/logs/{media_type}` (bytes from storage, logs.py), `api/v0/platform_events` (the
-  Kubernetes Events the operator kept, platform_events.py) and `rayhistory/status`
+  Kubernetes Events the operator kept, platform_events.py; an imported session's captured answer first) and
+  `rayhistory/status`
   (load progress and completeness; it never waits for a load). The dashboard UI requests relative
   paths, so its API calls land here.
 - `GET /clusters`: sessions from the index, filtered and paged with an opaque cursor (no cap).
@@ -39,7 +40,6 @@ from rayhistory import layout
 from rayhistory.events import ts_ms
 from rayhistory.index import SessionIndex, SessionInfo, merge_records, session_last_activity_ms
 from rayhistory.layout import SessionRef
-from rayhistory.platform_events import platform_events_answer
 
 from . import api, api_captured, logs
 from .auth import VISIBLE_KEY
@@ -376,12 +376,20 @@ class Routes:
         return web.Response(body=data, content_type="text/plain", charset="utf-8", headers=headers)
 
     async def platform_events(self, request: web.Request) -> web.Response:
-        """The Kubernetes Events the operator kept for the session (server/platform_events.py); 404 with none,
-        as Ray answers with platform events off (its UI then hides the page). HEAD is the UI's probe."""
-        records = await self.state.platform_events.records(session_ref(request))
-        if not records:
+        """An imported session's captured answer, when the live head had one; else the Kubernetes Events the
+        operator kept for the session (server/platform_events.py); 404 with none, as Ray answers with platform
+        events off (its UI then hides the page). HEAD is the UI's probe."""
+        ref = session_ref(request)
+        info = await self.session_info(ref)
+        if info is not None and info.imported_ms:  # the index says so: other sessions are never loaded here
+            entry = await self.entry(ref, tasks=False)
+            replayed = api_captured.answer(entry.head, PLATFORM_EVENTS_PATH, request.query)
+            if replayed is not None:
+                return body_response(200, replayed, completeness_headers(entry))
+        kept = await self.state.platform_events.answer(ref)
+        if kept is None:
             return web.Response(text="404: Not Found", status=404, content_type="text/plain")
-        return json_response(platform_events_answer(records))
+        return web.Response(body=kept, content_type="application/json")
 
     async def job_logs(self, request: web.Request) -> web.Response:
         """/api/jobs/{job_id}/logs: the whole driver log of a submission job, as {"logs": text}."""

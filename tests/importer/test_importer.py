@@ -16,18 +16,28 @@ from aiohttp import web
 from rayhistory import layout
 from rayhistory.importer import Importer, ImportFailed, Settings, main
 from rayhistory.index import SessionIndex
+from rayhistory.platform_events import platform_events_answer, record_from_event
 from rayhistory.store import Store
+from tests.conftest import API
+from tests.operator.test_platform_events import k8s_event
+from tests.server.fixture_store import running_server
 
 SESSION = "session_2026-11-23_13-47-55_556257_9670"
 NODE = "ab" * 28
 HOSTILE_NAMES = ["raylet.out", "../../../../etc/passwd", "/etc/shadow", "a/../../b", "big.log", "slow.log", "events/"]
 
 
-def hostile_app(version: dict | None = None, status: int = 200) -> web.Application:
+def hostile_app(version: dict | None = None, status: int = 200,
+                platform_events: bytes | None = None) -> web.Application:
+    """`platform_events`: the head's answer to api/v0/platform_events (None: Ray's 404, platform events off)."""
     async def answer(request: web.Request) -> web.StreamResponse:
         path, q = request.path, request.query
         if status != 200:
             return web.Response(status=status, text="Unauthorized")
+        if path == "/api/v0/platform_events":
+            if platform_events is None:
+                return web.Response(status=404, body=(API / "api__v0__platform_events.txt").read_bytes())
+            return web.Response(body=platform_events, content_type="application/json")
         if path == "/api/version":
             return web.json_response({"session_name": SESSION} if version is None else version)
         if path == "/nodes" and q.get("view") == "summary":
@@ -105,6 +115,24 @@ async def test_hostile_answers_stay_bounded_and_inside_the_session(dashboard, tm
     manifest = json.loads(await store.get(layout.latest_key(
         [o.key for o in await store.list(layout.endpoints_prefix(ref, layout.IMPORT_MANIFEST))])))
     assert manifest["logs_truncated"] == report.logs_truncated and manifest["dashboard"].startswith("http://127.0.0.1:")
+
+
+async def test_the_heads_platform_events_are_replayed_and_its_404_stays_a_404(dashboard, tmp_path):
+    """A head that watched Kubernetes answered api/v0/platform_events: the imported session answers the same
+    bytes (GET, and the UI's HEAD probe); a head with platform events off answered 404, and so does the server."""
+    ref = layout.SessionRef("ns", "c1", SESSION)
+    watched = json.dumps(platform_events_answer([record_from_event(k8s_event("u1"), "c1")])).encode()
+    for folder, head_answer, status in (("watched", watched, 200), ("off", None, 404)):
+        s = settings(await dashboard(platform_events=head_answer), tmp_path / folder, max_log_bytes=0)
+        store = Store(s.storage)
+        await Importer(s, store, progress=lambda _: None).run()
+        async with running_server(store, kubernetes="off") as (client, _, _state):
+            url = f"/s/{ref.tail}/api/v0/platform_events"
+            async with client.get(url) as resp:
+                live = (API / "api__v0__platform_events.txt").read_bytes()
+                assert (resp.status, await resp.read()) == (status, watched if head_answer else live)
+            async with client.head(url) as resp:
+                assert resp.status == status
 
 
 async def test_limits_of_logs(dashboard, tmp_path):

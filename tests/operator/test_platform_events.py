@@ -213,6 +213,26 @@ def test_recorder_keeps_events_in_the_session_once_within_bounds(tmp_path):
     asyncio.run(go())
 
 
+def test_a_gone_pod_costs_one_get_per_ttl(tmp_path):
+    """A deleted pod's events come in bursts (Killing, the kubelet's last words): each asked the API again
+    before; now one GET per TTL, and a pod that comes back under the name is seen once the TTL is over."""
+    async def go():
+        store = Store(f"file://{tmp_path}/store")
+        demo = pe.InjectedCluster(NS, "demo", "h")
+        kube = PodsOfOneCluster({})
+        recorder = pe.PlatformEventRecorder(OperatorMetrics(), "operator1", 60.0, max_events=10, max_bytes=1 << 20,
+                                            gone_pod_ttl_s=0.2)
+        for i in range(5):
+            assert await recorder.offer(kube, k8s_event(f"u{i}"), [demo], lambda c: store) == 0
+        assert kube.gets == ["demo-head-abcde"]
+        kube.labels["demo-head-abcde"] = "demo"  # back under the same name
+        await asyncio.sleep(0.3)
+        assert await recorder.offer(kube, k8s_event("u9"), [demo], lambda c: store) == 1
+        assert await recorder.offer(kube, k8s_event("u10"), [demo], lambda c: store) == 1
+        assert kube.gets == ["demo-head-abcde"] * 2  # the found pod is cached as before
+    asyncio.run(go())
+
+
 def test_recorder_never_stores_more_bytes_than_the_bound(tmp_path):
     async def go():
         store = Store(f"file://{tmp_path}/store")
