@@ -3,6 +3,7 @@ dead sessions; and the API's handling of bad input. Data: the Ray 2.60 fixture s
 
 from __future__ import annotations
 
+import base64
 import gc
 import gzip
 import json
@@ -129,6 +130,29 @@ def test_a_bad_event_is_rejected_alone():
     # rejected alone, and named: a stored event the builder cannot use is damage (issue 9, item 2)
     assert snap.events_rejected == 2 and not snap.complete and [p.key for p in snap.objects_corrupt] == [key]
     assert len(snap.workers) == sum(e["eventType"] == "WORKER_DEFINITION_EVENT" for e in body)
+
+
+def _definition(task_id: bytes, attempt: int, b64: str | None = None) -> dict:
+    return {"eventId": f"d{task_id.hex()}{attempt}", "eventType": "TASK_DEFINITION_EVENT", "sessionName": "s",
+            "taskDefinitionEvent": {"taskId": b64 or base64.b64encode(task_id).decode(), "taskAttempt": attempt,
+                                    "taskName": "f", "jobId": "AQAAAA=="}}
+
+
+def test_tasks_are_listed_by_id_then_the_later_attempt_first_whatever_the_ids_lengths():
+    """Ray's order (by task id, a retry before the attempt it replaced). The builder keys attempts by the id's
+    bytes and the attempt; ids of several lengths (not Ray's, but storage may hold anything) sort too."""
+    ids = [bytes([9]) * 24, bytes([1]) * 24, bytes([1]) * 8, bytes([1]) * 30, bytes([255]) * 2]
+    events = [_definition(task_id, attempt) for task_id in ids for attempt in (0, 2, 1, 300)]
+    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
+    listed = [(t.task_id, t.attempt) for t in _build({key: _batch(events)}).tasks]
+    assert listed == sorted(((i.hex(), a) for i in ids for a in (0, 1, 2, 300)), key=lambda k: (k[0], -k[1]))
+
+
+def test_a_task_event_whose_id_is_not_base64_is_rejected_alone():
+    good = _definition(bytes([7]) * 24, 0)
+    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
+    snap = _build({key: _batch([good, _definition(b"", 0, b64="not base64!")])})
+    assert [t.task_id for t in snap.tasks] == ["07" * 24] and snap.events_rejected == 1 and not snap.complete
 
 
 def test_an_error_info_that_is_not_ray_s_shape_costs_only_itself():
