@@ -176,6 +176,8 @@ class TaskFields(Struct, gc=False):
 # the fields only a task's definition sets (its job is merged, as other events name it too)
 _DEFINITION_FIELDS = ("name", "func", "type", "actor", "language", "parent", "placement_group", "resources",
                       "runtime_env", "call_site", "label_selector")
+_definition_fields = attrgetter(*_DEFINITION_FIELDS)
+_NO_DEFINITION = ("",) * len(_DEFINITION_FIELDS)
 _TASK_SCALARS = tuple(name for name in TaskFields.__struct_fields__ if name not in ("t", "p"))
 _task_strings_head, _task_strings_tail = attrgetter(*_TASK_STRINGS_HEAD), attrgetter(*_TASK_STRINGS_TAIL)
 _log_offsets = attrgetter(*LOG_INFO_KEYS[2:])
@@ -518,22 +520,23 @@ class SnapshotBuilder:
         values = (text[name], func, text[task_type], actor, text[d.language], self._id(d.parent_task_id),
                   "" if pg == NIL_PLACEMENT_GROUP else pg, resources, text[d.serialized_runtime_env],
                   text[d.call_site], labels)
-        if f.type == "":  # the attempt's first definition (every definition sets a type): nothing to merge with
+        if _definition_fields(f) == _NO_DEFINITION:  # the attempt's first definition: nothing to merge with
             (f.name, f.func, f.type, f.actor, f.language, f.parent, f.placement_group, f.resources, f.runtime_env,
              f.call_site, f.label_selector) = values
         else:  # sent again
             _put_all(f, tuple(zip(_DEFINITION_FIELDS, values)))
 
     def _task_lifecycle(self, e: StoredTaskLifecycle) -> None:
-        # the hottest handler (three events of five): _task, _ts and _put inlined
-        key = _b64_task_key(e.task_id, e.task_attempt)
-        f = self._tasks.get(key)
-        if f is None:
-            f = self._tasks[key] = TaskFields()
+        # the hottest handler (three events of five): _task, _ts and _put inlined. What can fail (the id, a
+        # timestamp) comes before the task is touched: a bad event is rejected as if it never arrived
         codes, pack, starts = TASK_STATE_CODE, _ACC_TRANSITION.pack, _second_starts
         packed = b"".join([pack(starts[ts[:20]] + int(ts[20:29]) if len(ts) == 30 and ts[29] == "Z" else _ts(ts),
                                 codes[t.state])
                            for t in e.state_transitions if t.state in codes for ts in (t.timestamp,)])
+        key = _b64_task_key(e.task_id, e.task_attempt)
+        f = self._tasks.get(key)
+        if f is None:
+            f = self._tasks[key] = TaskFields()
         if packed:
             f.t += packed
         hex_of = self._id
@@ -576,21 +579,22 @@ class SnapshotBuilder:
                 _put_all(f, tuple(zip(LOG_INFO_KEYS, values)))
 
     def _task_profile(self, p: StoredTaskProfile) -> None:
-        f = self._task(p.task_id, p.attempt_number)
-        if p.job_id:
-            job = self._id(p.job_id)
-            if job and (not f.job or job > f.job):
-                f.job = job
+        # everything is decoded and packed before the task is touched: a bad field rejects the whole event
         pe = p.profile_events
-        if pe is None:
-            return
-        component = self._text[f"{pe.component_type}\n{self._id(pe.component_id)}\n{pe.node_ip_address}"]
-        if not f.component or component > f.component:
-            f.component = component
-        word, pack, events = self._word_index.__getitem__, _ACC_PROFILE.pack, pe.events
-        # times arrive as decimal strings (64-bit integers in protobuf JSON), decoded to int (stored_events.py)
-        f.p += b"".join([pack(ev.end_time, ev.start_time, word(ev.event_name), word(ev.extra_data or "{}"))
-                         for ev in events])
+        if pe is not None:
+            word, pack = self._word_index.__getitem__, _ACC_PROFILE.pack
+            # times arrive as decimal strings (64-bit integers in protobuf JSON), decoded to int (stored_events.py)
+            packed = b"".join([pack(ev.end_time, ev.start_time, word(ev.event_name), word(ev.extra_data or "{}"))
+                               for ev in pe.events])
+            component = self._text[f"{pe.component_type}\n{self._id(pe.component_id)}\n{pe.node_ip_address}"]
+        job = self._id(p.job_id) if p.job_id else ""
+        f = self._task(p.task_id, p.attempt_number)
+        if job and (not f.job or job > f.job):
+            f.job = job
+        if pe is not None:
+            if not f.component or component > f.component:
+                f.component = component
+            f.p += packed
 
     def _actor(self, b64_id: str) -> Actor:
         actor_id = _hex(b64_id)
@@ -809,7 +813,11 @@ class SnapshotBuilder:
                  "resources", "runtime_env", "call_site", "label_selector", "repr_name", "error_type",
                  "error_message")
         for t in snapshot.tasks:
-            f = b._tasks[task_key(bytes.fromhex(t.task_id), t.attempt)] = TaskFields()
+            try:
+                key = task_key(bytes.fromhex(t.task_id), t.attempt)
+            except OverflowError:  # an attempt out of range, which builders before task_key kept: not continued
+                continue
+            f = b._tasks[key] = TaskFields()
             for name in names:
                 _put(f, name, strings[getattr(t, name)])
             for name, value in (task_log_info(strings, t) or {}).items():

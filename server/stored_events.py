@@ -9,8 +9,10 @@ decode in one call is decoded event by event (decode_careful), and as a last res
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from rayhistory.events import (
     ActorDefinition, ActorLifecycle, DriverJobDefinition, DriverJobLifecycle, FunctionDescriptor, NodeDefinition,
@@ -56,11 +58,14 @@ class StoredActorTaskDefinition(Struct, rename="camel", gc=False):
 # The task payloads' 64-bit integers (log offsets, profile times), which protobuf JSON sends as strings, typed
 # int: STORED_EVENT decodes laxly, so msgspec turns "9820" into 9820 in C (int() on each was a fifth of a
 # fold's CPU). An event whose such field is not an integer is rejected alone (decode_careful).
+LogOffset = Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]  # a byte offset; the snapshot packs it in 64 bits
+
+
 class StoredTaskLogInfo(TaskLogInfo):
-    stdout_start: int | None = None
-    stdout_end: int | None = None
-    stderr_start: int | None = None
-    stderr_end: int | None = None
+    stdout_start: LogOffset | None = None
+    stdout_end: LogOffset | None = None
+    stderr_start: LogOffset | None = None
+    stderr_end: LogOffset | None = None
 
 
 class StoredTaskLifecycle(TaskLifecycle):

@@ -148,6 +148,29 @@ def test_tasks_are_listed_by_id_then_the_later_attempt_first_whatever_the_ids_le
     assert listed == sorted(((i.hex(), a) for i in ids for a in (0, 1, 2, 300)), key=lambda k: (k[0], -k[1]))
 
 
+def test_definitions_merge_in_any_order_even_one_without_a_type():
+    """The first definition of an attempt is assigned at once; one without a task type (the collector keeps
+    any string there) must not make a later one look like the first."""
+    task_id = bytes([5]) * 24
+    untyped = _definition(task_id, 0)
+    untyped["taskDefinitionEvent"].update(taskType="", taskName="zzz", callSite="here")
+    typed = _definition(task_id, 0)
+    typed["taskDefinitionEvent"].update(taskName="mmm")
+    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
+    one, other = _build({key: _batch([untyped, typed])}), _build({key: _batch([typed, untyped])})
+    assert _content(one) == _content(other)
+    assert one.strings[one.tasks[0].name] == "zzz" and one.strings[one.tasks[0].call_site] == "here"
+
+
+def test_continuing_a_snapshot_leaves_out_an_attempt_no_key_can_hold():
+    """Builders before task_key kept any attempt number; continuing such a stored snapshot must not fail."""
+    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
+    snap = _build({key: _batch([_definition(bytes([1]) * 24, 0), _definition(bytes([2]) * 24, 0)])})
+    old = msgspec.structs.replace(snap, tasks=[snap.tasks[0], msgspec.structs.replace(snap.tasks[1], attempt=-1)])
+    continued = SnapshotBuilder.from_snapshot(decode_snapshot(encode_snapshot(old))).build()
+    assert [(t.task_id, t.attempt) for t in continued.tasks] == [(snap.tasks[0].task_id, 0)]
+
+
 def test_a_task_event_whose_id_is_not_base64_is_rejected_alone():
     good = _definition(bytes([7]) * 24, 0)
     key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
@@ -171,10 +194,16 @@ def test_an_error_info_that_is_not_ray_s_shape_costs_only_itself():
 @pytest.mark.parametrize("event_type, change", [
     ("TASK_LIFECYCLE_EVENT", lambda e: e["taskLifecycleEvent"]["taskLogInfo"].update(stdoutStart="ten")),
     ("TASK_PROFILE_EVENT", lambda e: e["taskProfileEvents"]["profileEvents"]["events"][0].update(startTime="1.5")),
+    # integers, but not what the snapshot can hold: once the whole build failed on such an offset; a rejected
+    # profile event once left its task behind, unlisted
+    ("TASK_LIFECYCLE_EVENT", lambda e: e["taskLifecycleEvent"]["taskLogInfo"].update(stdoutEnd=str(2**64 - 1))),
+    ("TASK_LIFECYCLE_EVENT", lambda e: e["taskLifecycleEvent"]["taskLogInfo"].update(stderrStart="-5")),
+    ("TASK_PROFILE_EVENT", lambda e: e["taskProfileEvents"]["profileEvents"]["events"][0].update(endTime=str(2**64))),
 ])
-def test_an_int64_that_is_not_an_integer_is_rejected_alone(event_type, change):
+def test_a_bad_int64_is_rejected_alone(event_type, change):
     """Ray sends 64-bit integers as strings, and the collector keeps any string there; the builder reads them
-    as integers in its decoder (stored_events.py): one that is not rejects its own event only."""
+    as integers in its decoder (stored_events.py): one that is not, or that the snapshot cannot hold,
+    rejects its own event only."""
     events = [e for body in received_bodies() for e in body]
     bad = next(i for i, e in enumerate(events) if e["eventType"] == event_type
                and (event_type != "TASK_LIFECYCLE_EVENT" or "taskLogInfo" in e["taskLifecycleEvent"]))
