@@ -24,7 +24,6 @@ from operator import attrgetter
 from typing import Any
 
 import msgspec
-from msgspec import Struct
 
 from rayhistory.compression import DEFAULT_LIMITS, InflateError, InflateLimits, gunzip
 from rayhistory.events import PAYLOAD_FIELD, hex_id, ts_ns
@@ -135,42 +134,18 @@ _ACC_TRANSITION = struct.Struct("<qB")  # ts ns, state code: sorts by time
 _ACC_PROFILE = struct.Struct("<qqII")  # end ns, start ns, name, extra data (builder word indices)
 
 
-class TaskFields(Struct, gc=False):
-    """A task attempt being built: atoms only (str, int, bytes), "" or 0 while unknown. Untracked by the
-    cyclic GC (a 100k-task build would otherwise spend a third of its time in GC passes over them) and
-    half the size of a dict of the same fields, which is most of a cold build's peak.
-    Scalars are Task's fields and the task_log_info keys (offsets stored + 1, so that a real 0 is not
-    unknown); `t` and `p` only grow: transitions (_ACC_TRANSITION) and profile events (_ACC_PROFILE, names
-    as indices into the builder's word list)."""
-
-    job: str = ""
-    name: str = ""
-    func: str = ""
-    type: str = ""
-    language: str = ""
-    actor: str = ""
-    parent: str = ""
-    node: str = ""
-    worker: str = ""
-    placement_group: str = ""
-    resources: str = ""
-    runtime_env: str = ""
-    call_site: str = ""
-    label_selector: str = ""
-    repr_name: str = ""
-    error_type: str = ""
-    error_message: str = ""
-    stdout_file: str = ""
-    stderr_file: str = ""
-    worker_pid: int = 0
-    debugger_paused: int = 0
-    stdout_start: int = 0
-    stdout_end: int = 0
-    stderr_start: int = 0
-    stderr_end: int = 0
-    component: str = ""
-    t: bytes = b""
-    p: bytes = b""
+TaskFields = msgspec.defstruct(
+    "TaskFields",
+    [(name, str, "") for name in (*_TASK_STRINGS_HEAD, *_TASK_STRINGS_TAIL, "component")]
+    + [(name, int, 0) for name in ("worker_pid", "debugger_paused", *LOG_INFO_KEYS[2:])]
+    + [("t", bytes, b""), ("p", bytes, b"")],
+    gc=False, module=__name__)
+TaskFields.__doc__ = """A task attempt being built: Task's string fields as the strings themselves, its
+ints and the task_log_info offsets (stored + 1, so that a real 0 is not unknown), "" or 0 while unknown;
+`t` and `p` only grow: transitions (_ACC_TRANSITION) and profile events (_ACC_PROFILE, names as indices
+into the builder's word list). Atoms only, untracked by the cyclic GC (a 100k-task build would otherwise
+spend a third of its time in GC passes over them), half the size of a dict of the same fields: the fold
+state is most of a cold build's peak."""
 
 
 # the fields only a task's definition sets (its job is merged, as other events name it too)
@@ -540,21 +515,13 @@ class SnapshotBuilder:
         if packed:
             f.t += packed
         hex_of = self._id
-        value = e.job_id
-        if value:
-            value = hex_of(value)
-            if value and (not f.job or value > f.job):
-                f.job = value
-        value = e.node_id
-        if value:
-            value = hex_of(value)
-            if value and (not f.node or value > f.node):
-                f.node = value
-        value = e.worker_id
-        if value:
-            value = hex_of(value)
-            if value and (not f.worker or value > f.worker):
-                f.worker = value
+        for name, value in (("job", e.job_id), ("node", e.node_id), ("worker", e.worker_id)):
+            if value:
+                value = hex_of(value)
+                if value:
+                    old = getattr(f, name)
+                    if not old or value > old:
+                        setattr(f, name, value)
         value = e.worker_pid
         if value and (not f.worker_pid or value > f.worker_pid):
             f.worker_pid = value

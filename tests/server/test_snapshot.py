@@ -132,6 +132,16 @@ def test_a_bad_event_is_rejected_alone():
     assert len(snap.workers) == sum(e["eventType"] == "WORKER_DEFINITION_EVENT" for e in body)
 
 
+def _assert_rejected_alone(events: list[dict], bad: int, broken: dict) -> None:
+    """events with events[bad] replaced by `broken` build as if it had never arrived, the object named."""
+    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
+    snap = _build({key: _batch(events[:bad] + [broken] + events[bad + 1:])})
+    without = _build({key: _batch(events[:bad] + events[bad + 1:])})
+    assert snap.events_rejected == 1 and without.events_rejected == 0
+    assert [p.key for p in snap.objects_corrupt] == [key] and not snap.complete
+    assert _content(msgspec.structs.replace(snap, events_rejected=0, objects_corrupt=[], complete=True)) == _content(without)
+
+
 def _definition(task_id: bytes, attempt: int, b64: str | None = None) -> dict:
     return {"eventId": f"d{task_id.hex()}{attempt}", "eventType": "TASK_DEFINITION_EVENT", "sessionName": "s",
             "taskDefinitionEvent": {"taskId": b64 or base64.b64encode(task_id).decode(), "taskAttempt": attempt,
@@ -210,12 +220,7 @@ def test_a_bad_int64_is_rejected_alone(event_type, change):
     broken = json.loads(json.dumps(events[bad]))
     change(broken)
     assert accept_events(json.dumps([broken]).encode())[1] == []  # the collector stores it
-    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
-    snap = _build({key: _batch(events[:bad] + [broken] + events[bad + 1:])})
-    without = _build({key: _batch(events[:bad] + events[bad + 1:])})
-    assert snap.events_rejected == 1 and without.events_rejected == 0
-    assert [p.key for p in snap.objects_corrupt] == [key] and not snap.complete
-    assert _content(msgspec.structs.replace(snap, events_rejected=0, objects_corrupt=[], complete=True)) == _content(without)
+    _assert_rejected_alone(events, bad, broken)
 
 
 @pytest.mark.parametrize("field, value", [
@@ -228,12 +233,7 @@ def test_a_task_definition_with_a_bad_field_is_rejected_alone(field, value):
     bad = next(i for i, e in enumerate(events) if e["eventType"] == "TASK_DEFINITION_EVENT")
     broken = json.loads(json.dumps(events[bad]))
     broken["taskDefinitionEvent"][field] = value
-    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
-    snap = _build({key: _batch(events[:bad] + [broken] + events[bad + 1:])})
-    without = _build({key: _batch(events[:bad] + events[bad + 1:])})
-    assert snap.events_rejected == 1 and without.events_rejected == 0
-    assert [p.key for p in snap.objects_corrupt] == [key] and not snap.complete
-    assert _content(msgspec.structs.replace(snap, events_rejected=0, objects_corrupt=[], complete=True)) == _content(without)
+    _assert_rejected_alone(events, bad, broken)
 
 
 def test_line_endings_and_blank_lines_do_not_matter(reference):
