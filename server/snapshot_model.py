@@ -397,7 +397,20 @@ def task_transitions(task: Task) -> list[tuple[int, int]]:
 
 def task_profile(task: Task) -> list[tuple[int, int, int, int]]:
     """[(event name index, start ns, end ns, extra data index)] sorted by end."""
-    return list(PROFILE_ENTRY.iter_unpack(_sections(task)[1]))
+    return list(PROFILE_ENTRY.iter_unpack(packed_profile(task.packed)))
+
+
+_unpack_counts = _PACKED_COUNTS.unpack_from
+
+
+def packed_profile(packed: bytes) -> memoryview:
+    """The packed PROFILE_ENTRY records of a Task.packed (a view, empty when there are none), found without
+    slicing the other parts: the timeline reads it for every task."""
+    if not packed:
+        return memoryview(packed)
+    n_transitions, n_profile, _ = _unpack_counts(packed)
+    at = _PACKED_COUNTS.size + n_transitions * TRANSITION_ENTRY.size
+    return memoryview(packed)[at:at + n_profile * PROFILE_ENTRY.size]
 
 
 def task_log_offsets(task: Task) -> tuple[int, int, int, int] | None:

@@ -469,6 +469,5 @@ def test_a_profile_events_odd_extra_data_is_a_slice_in_the_timeline(extra_data, 
     # extra_data is whatever the worker wrote: JSON that is not an object, or an unhashable cname, was a 500
     from rayhistory.server.api_timeline import _kinds
 
-    _, kind = _kinds(["task:execute", extra_data])
-    found = kind((0, 1))
-    assert (found.name, found.colour) == ("task:execute", colour)
+    found = _kinds(["task:execute", extra_data])((0, 1))
+    assert (found.name_json, found.colour) == (b'"task:execute","name":"task:execute"', colour)
