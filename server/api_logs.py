@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from .api_common import ApiError, Body, Query, _head_node_id, _int_param, _latest, _ok
 from .api_jobs import job_detail
+from .api_tasks import task_id_range
 from .snapshot_model import Snapshot, task_log_info
 
 
@@ -163,7 +164,7 @@ def _not_found(**fields) -> str:
 
 
 def _resolve_task_log(s: Snapshot, task_id: str, attempt: int, suffix: str) -> ResolvedLog:
-    attempts = [t for t in s.tasks if t.task_id == task_id]
+    attempts = s.tasks[slice(*task_id_range(s.tasks, task_id))]  # sorted by task id: no scan of the session
     if not attempts:
         raise ApiError(404, f"Could not find log file for task: {task_id} (attempt {attempt}) with suffix: {suffix}")
     t = next((t for t in attempts if t.attempt == attempt), None)

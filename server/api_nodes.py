@@ -5,6 +5,7 @@ from __future__ import annotations
 from .api_actors import SESSION_ENDED, _node_ip, logical_actor
 from .api_common import ApiError, Query, _head_node_id, _latest, _list_rows, _node_resources, _ok
 from .api_tasks import _RUNNING
+from .disk_tasks import DiskTasks
 from .snapshot_model import FINISHED, Node, Snapshot, Worker, task_transitions
 
 
@@ -189,7 +190,8 @@ def _driver_worker_rows(s: Snapshot) -> list[dict]:
     A driver without driver-job events (Ray's internal drivers) is placed on the head node."""
     jobs_by_id = {j.job_id: j for j in s.driver_jobs}
     rows = []
-    for t in s.tasks:
+    # a session on disk keeps its driver attempts apart: the other tasks are not decoded for them
+    for t in s.tasks.drivers if isinstance(s.tasks, DiskTasks) else s.tasks:
         if s.strings[t.type] != "DRIVER_TASK" or t.attempt:
             continue
         job_id = s.strings[t.job]

@@ -7,7 +7,7 @@ import json
 import re
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from itertools import compress, islice
 from operator import attrgetter, not_
@@ -19,6 +19,7 @@ from .api_common import (
     _HEX, ApiError, Filter, Query, _bool, _list_body, _list_options, _ms, _nil, _shared_json, parse_filters,
 )
 from .cache import EncodedRows
+from .disk_tasks import DiskTasks
 from .snapshot_model import FAILED, FINISHED, TASK_STATES, Snapshot, Task, task_log_info, task_profile, task_transitions
 
 
@@ -93,18 +94,48 @@ def _narrow(s: Snapshot, tasks: Sequence[Task], f: Filter) -> list[Task]:
     elif f.column == "state":
         state = f.value.upper()
         wanted = frozenset([TASK_STATES.index(state)] if state in TASK_STATES else [])
-        values = map(attrgetter("state"), tasks)
+        values = _states(tasks)
     elif f.column == "task_id":
         if f.equal and tasks is s.tasks:  # sorted by task id: bisect
-            lo = bisect_left(tasks, f.value.lower(), key=attrgetter("task_id"))
-            hi = bisect_right(tasks, f.value.lower(), key=attrgetter("task_id"))
-            return tasks[lo:hi]
+            return tasks[slice(*task_id_range(tasks, f.value.lower()))]
         wanted = frozenset([f.value.lower()])
         values = map(attrgetter("task_id"), tasks)
     else:
-        return [t for t in tasks if f.match(_task_value(s, t, f.column))]
+        return _kept(tasks, (f.match(_task_value(s, t, f.column)) for t in tasks))
     matches = map(wanted.__contains__, values)
-    return list(compress(tasks, matches if f.equal else map(not_, matches)))
+    return _kept(tasks, matches if f.equal else map(not_, matches))
+
+
+def task_id_range(tasks: Sequence[Task], task_id: str) -> tuple[int, int]:
+    """(first, end) positions of the attempts of `task_id` in a snapshot's tasks (sorted by task id)."""
+    lo, hi = tasks.id_bounds(task_id) if isinstance(tasks, DiskTasks) else (0, len(tasks))
+    key = attrgetter("task_id")
+    return bisect_left(tasks, task_id, lo, hi, key=key), bisect_right(tasks, task_id, lo, hi, key=key)
+
+
+def _states(tasks: Sequence[Task]) -> Iterator[int]:
+    """Task.state of each of the tasks; for tasks on disk from their state column, without decoding them."""
+    if isinstance(tasks, DiskTasks):
+        return iter(tasks.states)
+    if isinstance(tasks, _Subset) and isinstance(tasks.tasks, DiskTasks):
+        return map(tasks.tasks.states.__getitem__, tasks.positions)
+    return map(attrgetter("state"), tasks)
+
+
+def failed_task_count(tasks: Sequence[Task]) -> int:
+    if isinstance(tasks, DiskTasks):
+        return tasks.states.count(FAILED)
+    return sum(1 for t in tasks if t.state == FAILED)
+
+
+def _kept(tasks: Sequence[Task], matches: Iterable[bool]) -> Sequence[Task]:
+    """The tasks whose `matches` is true: a list; for tasks on disk their positions (a _Subset), so that a
+    filter that keeps millions of them holds no decoded task."""
+    if isinstance(tasks, DiskTasks):
+        return _Subset(tasks, array("I", compress(range(len(tasks)), matches)))
+    if isinstance(tasks, _Subset) and isinstance(tasks.tasks, DiskTasks):
+        return _Subset(tasks.tasks, array("I", compress(tasks.positions, matches)))
+    return list(compress(tasks, matches))
 
 
 def _check_id_filters(filters: list[Filter]) -> None:
@@ -235,7 +266,7 @@ def select_tasks(s: Snapshot, filters: list[Filter], exclude_driver: bool) -> tu
     if exclude_driver:
         tasks = _narrow(s, tasks, Filter("type", False, "DRIVER_TASK"))
     if s.unlisted:
-        tasks = [t for t in tasks if t.listed]
+        tasks = _kept(tasks, map(attrgetter("listed"), tasks))
     total = len(tasks)
     for f in filters:
         if f.column not in _TASK_SOURCE_FILTERS:
@@ -274,5 +305,8 @@ def list_tasks(s: Snapshot, query: Query) -> tuple[int, bytes]:
     else:
         kept, total = select_tasks(s, filters, exclude_driver)
         shown, matched = kept[:limit], len(kept)
-    rows = ENCODED_ROWS.rows(s, shown, detail, lambda t: _encode(task_row(s, t, detail)))
+    if isinstance(s.tasks, DiskTasks):  # decoded anew from disk: a task's id() would not name it for long
+        rows = [_encode(task_row(s, t, detail)) for t in shown]
+    else:
+        rows = ENCODED_ROWS.rows(s, shown, detail, lambda t: _encode(task_row(s, t, detail)))
     return 200, _encode(_list_body(msgspec.Raw(b"[" + b",".join(rows) + b"]"), total, total, matched))

@@ -27,6 +27,7 @@ from rayhistory.store import Store, is_storage_failure
 
 from . import auth, live_proxy, routes, ui
 from .cache import SnapshotCache
+from .disk_tasks import DiskSpill
 from .loader import SessionLoader
 from .metrics import ServerMetrics
 from .parallel_build import ParallelBuild, usable_cores
@@ -67,6 +68,8 @@ class ServerState:
             snapshot_limits=InflateLimits(max(settings.cache_max_bytes, settings.max_inflated_bytes),
                                           settings.max_inflate_ratio),
             parallel=ParallelBuild(settings.build_workers or usable_cores(), settings.build_workers_min_bytes),
+            disk=DiskSpill(settings.cache_max_bytes // 2 if settings.tasks_on_disk_above_bytes < 0
+                           else settings.tasks_on_disk_above_bytes, settings.task_spill_dir, settings.disk_task_chunks),
         )
         directory = routes.SessionDirectory(index, settings.index_refresh_interval)
         metrics.watch_store(store.stats)

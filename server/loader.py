@@ -34,9 +34,10 @@ from rayhistory.layout import SessionRef
 from rayhistory.store import Store
 
 from .cache import CacheEntry, SnapshotCache, measure_bytes
+from .disk_tasks import DiskSpill, DiskTasks, spill_tasks
 from .metrics import ServerMetrics
 from .parallel_build import ParallelBuild
-from .snapshot_model import SNAPSHOT_LIMITS, TaskSection
+from .snapshot_model import SNAPSHOT_LIMITS, TaskSection, fill_or_mark_corrupt
 from .snapshot_store import LoadProgress, SessionObjects, build_session, list_session
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,10 @@ class SessionLoader:
         load_timeout: float, live_refresh_s: float, max_concurrent_loads: int = 2,
         inflate_limits: InflateLimits = DEFAULT_LIMITS, snapshot_limits: InflateLimits = SNAPSHOT_LIMITS,
         backoff_base_s: float = 2.0, backoff_max_s: float = 300.0, backoff_check_s: float = 10.0,
-        parallel: ParallelBuild = ParallelBuild(),
+        parallel: ParallelBuild = ParallelBuild(), disk: DiskSpill = DiskSpill(),
     ):
         self.store = store
+        self.disk = disk
         self.index = index
         self.cache = cache
         self.metrics = metrics
@@ -331,15 +333,16 @@ class SessionLoader:
         source = result.source
         nbytes = await asyncio.to_thread(measure_bytes, result.snapshot)
         tasks = result.tasks
+        on_disk = tasks is not None and self.disk.applies(tasks.tasks_resident)
         if tasks is not None:  # counted before they are decoded: what they will hold, and what is held meanwhile
-            nbytes += tasks.tasks_resident + tasks.nbytes
+            nbytes += tasks.nbytes if on_disk else tasks.tasks_resident + tasks.nbytes
         entry = CacheEntry(result.snapshot, live=not dead, manifest=result.manifest, nbytes=nbytes,
                            snapshot_key=result.snapshot_key,
                            task_count=tasks.n_tasks if tasks is not None else len(result.snapshot.tasks))
         if tasks is not None:
             entry.head_view = tasks.head_view
             entry.tasks_decoding = asyncio.get_running_loop().create_task(
-                self._decode_tasks(ref, entry, tasks), name=f"decode tasks {ref.tail}")
+                self._decode_tasks(ref, entry, tasks, on_disk), name=f"decode tasks {ref.tail}")
             self._decodes.add(entry.tasks_decoding)
             entry.tasks_decoding.add_done_callback(self._decodes.discard)
         self.cache.put(ref, entry)
@@ -365,11 +368,23 @@ class SessionLoader:
         })
         return entry
 
-    async def _decode_tasks(self, ref: SessionRef, entry: CacheEntry, tasks: TaskSection) -> None:
+    async def _decode_tasks(self, ref: SessionRef, entry: CacheEntry, tasks: TaskSection, on_disk: bool) -> None:
         """In the background, right after the load: a worker thread decodes, a chunk at a time, while the
-        event loop and the head's answers go on. Then the entry counts what it really holds."""
-        entry.tasks_unreadable = not await asyncio.to_thread(tasks.fill, entry.snapshot, entry.snapshot_key)
-        nbytes = await asyncio.to_thread(measure_bytes, entry.snapshot)
+        event loop and the head's answers go on; or, for a session larger than the replica should hold, writes
+        them to local disk (disk_tasks.spill_tasks). Then the entry counts what it really holds."""
+        snapshot = entry.snapshot
+        if on_disk:
+            def fill() -> None:
+                spill_tasks(tasks, snapshot, self.disk.directory, self.disk.cache_chunks)
+        else:
+            def fill() -> None:
+                tasks.decode(snapshot)
+        entry.tasks_unreadable = not await asyncio.to_thread(fill_or_mark_corrupt, snapshot, entry.snapshot_key, fill)
+        nbytes = await asyncio.to_thread(measure_bytes, snapshot)
+        if isinstance(snapshot.tasks, DiskTasks):
+            nbytes += snapshot.tasks.resident_bound
+            log.info("session tasks on local disk", extra={"session": ref.tail, "tasks": len(snapshot.tasks),
+                                                           "resident_bytes": nbytes})
         if self.cache.peek(ref) is entry:
             entry.nbytes = nbytes
             self.cache.put(ref, entry)

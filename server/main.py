@@ -47,6 +47,18 @@ class Settings(CommonSettings):
         32 << 20, ge=0, description="stored event bytes from which a load uses the worker processes (below, "
         "starting them costs more than it saves: about 0.3 CPU-s each)",
     )
+    tasks_on_disk_above_bytes: int = Field(
+        -1, ge=-1, description="a session whose tasks would hold more than this many bytes in memory keeps them "
+        "in a local file (task_spill_dir) and decodes them a chunk at a time when asked (-1: half of "
+        "cache_max_bytes; 0: never)",
+    )
+    task_spill_dir: str = Field(
+        "", description="folder of those files (default: the system's temporary folder); each is unlinked at once "
+        "and goes with its session",
+    )
+    disk_task_chunks: int = Field(
+        16, ge=1, le=4096, description="decoded chunks (16,384 tasks each) a session on disk keeps in memory",
+    )
     max_inflated_bytes: int = Field(
         256 << 20, ge=1 << 20, description="most bytes one stored event batch may inflate to; past it the object is "
         "corrupt and its session incomplete (compacted snapshots: cache_max_bytes)",

@@ -44,7 +44,7 @@ from rayhistory.layout import SessionRef
 from . import api, api_captured, logs
 from .auth import VISIBLE_KEY
 from .cache import CacheEntry
-from .snapshot_model import FAILED
+from .api_tasks import failed_task_count
 from .loader import LoadTimeout, LoadUnavailable, SessionNotFound
 from .ui import SESSION_PREFIX, session_base, session_ref
 
@@ -227,7 +227,7 @@ def failure_counts(entry: CacheEntry) -> tuple[int, int] | None:
         return cached
     try:
         imported = api_captured.failed_tasks(entry.snapshot)  # an import has the task list, not the tasks
-        failed_tasks = imported if imported is not None else sum(1 for t in entry.snapshot.tasks if t.state == FAILED)
+        failed_tasks = imported if imported is not None else failed_task_count(entry.snapshot.tasks)
         failed_jobs = sum(1 for j in api.jobs(entry.snapshot, {})[1] if j.get("status") == "FAILED")
     except Exception:  # noqa: BLE001 - a count is a nicety of the picker, never a failed list
         log.exception("counting a session's failures failed")

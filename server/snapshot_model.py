@@ -203,12 +203,14 @@ TASK_CHUNK = 16_384  # tasks per chunk: about 30 ms of decoding each on this pro
 
 
 class _Sections(Struct, array_like=True):
-    head: bytes  # zlib(msgpack(Snapshot)) without tasks and job_tasks, with its string table
-    drivers: bytes  # zlib(msgpack(list[Task])): the DRIVER_TASK attempts (the nodes and workers pages list them)
+    """Decoded as views into the snapshot's bytes (memoryview: no copy of a part that may be a gigabyte)."""
+
+    head: memoryview  # zlib(msgpack(Snapshot)) without tasks and job_tasks, with its string table
+    drivers: memoryview  # zlib(msgpack(list[Task])): the DRIVER_TASK attempts (the nodes and workers pages list them)
     n_tasks: int
     tasks_resident: int  # resident bytes of tasks and job_tasks as the writer measured them (0: not measured)
-    tasks: list[bytes]  # zlib(msgpack(list[Task])), consecutive chunks of Snapshot.tasks
-    job_tasks: bytes  # zlib(msgpack(dict[int, bytes]))
+    tasks: list[memoryview]  # zlib(msgpack(list[Task])), consecutive chunks of Snapshot.tasks
+    job_tasks: memoryview  # zlib(msgpack(dict[int, bytes]))
     crc32: list[int]  # of every part above, in order: head, drivers, tasks..., job_tasks
 
 
@@ -278,17 +280,26 @@ class TaskSection:
         # the head with the driver tasks as its tasks: what api.HEAD_ONLY routes read, and nothing else
         self.head_view = head_view
 
+    @property
+    def limits(self) -> InflateLimits:
+        return self._limits
+
     def _inflate(self, part: bytes) -> bytes:
         data = zlib_inflate(part, dataclasses.replace(self._limits, max_bytes=self._limits.max_bytes - self._inflated))
         self._inflated += len(data)
         return data
 
-    def decode(self, snapshot: Snapshot) -> None:
-        """Fill in the snapshot's task fields, a chunk at a time (time.sleep(0) between chunks hands the
-        interpreter to other threads); the compressed parts are let go. Raises SnapshotFormatError."""
+    def take(self) -> _Sections:
+        """The compressed parts, handed over once (to decode here, or to disk_tasks.spill_tasks)."""
         parts, self._parts = self._parts, None
         if parts is None:
             raise RuntimeError("a task section is decoded once")
+        return parts
+
+    def decode(self, snapshot: Snapshot) -> None:
+        """Fill in the snapshot's task fields, a chunk at a time (time.sleep(0) between chunks hands the
+        interpreter to other threads); the compressed parts are let go. Raises SnapshotFormatError."""
+        parts = self.take()
         try:
             tasks: list[Task] = []
             for part in parts.tasks:
@@ -307,14 +318,31 @@ class TaskSection:
         incomplete, with `key` (the stored snapshot's) marked corrupt, instead of failing the session.
         Returns whether the tasks decoded: a snapshot they did not is answered, never built on (its tasks
         would be lost from every snapshot written after it)."""
-        try:
-            self.decode(snapshot)
-            return True
-        except Exception as exc:  # noqa: BLE001 - past the CRC check only a writer's bug gets here
-            snapshot.tasks, snapshot.job_tasks = [], {}
-            snapshot.objects_corrupt = [*snapshot.objects_corrupt, ObjectProblem(key, f"{type(exc).__name__}: {exc}")]
-            snapshot.complete = False
-            return False
+        return fill_or_mark_corrupt(snapshot, key, lambda: self.decode(snapshot))
+
+
+def fill_or_mark_corrupt(snapshot: Snapshot, key: str, fill: Any) -> bool:
+    """fill(), which sets the snapshot's tasks; if it raises, the snapshot is left without tasks and
+    incomplete, with `key` marked corrupt (TaskSection.fill). Returns whether fill() succeeded."""
+    try:
+        fill()
+        return True
+    except Exception as exc:  # noqa: BLE001 - past the CRC check only a writer's bug gets here
+        snapshot.tasks, snapshot.job_tasks = [], {}
+        snapshot.objects_corrupt = [*snapshot.objects_corrupt, ObjectProblem(key, f"{type(exc).__name__}: {exc}")]
+        snapshot.complete = False
+        return False
+
+
+def decode_task_chunk(data: bytes) -> list[Task]:
+    """One inflated chunk of a task section (its worker fields shared within the chunk)."""
+    tasks = _tasks_decoder.decode(data)
+    _share_worker_ints(tasks)
+    return tasks
+
+
+def decode_job_tasks(data: bytes) -> dict[int, bytes]:
+    return _job_tasks_decoder.decode(data)
 
 
 def decode_head(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> tuple[Snapshot, TaskSection]:

@@ -51,7 +51,7 @@ class StoredSnapshot(msgspec.Struct):
     manifest: dict[str, int]
     written_ms: int
     writer: str
-    snapshot: bytes
+    snapshot: memoryview  # a view into the stored object: a large session's snapshot is not copied
 
 
 _envelope_decoder = msgspec.msgpack.Decoder(StoredSnapshot)

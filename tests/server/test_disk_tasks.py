@@ -1,0 +1,181 @@
+"""A session whose tasks are kept on local disk (server/disk_tasks.py) answers every route as from memory.
+
+The in-memory answers are the ones the ground-truth tests compare with Ray's live dashboard; here the same
+snapshot, spilled to a file in chunks of a few tasks (so that attempts of one task straddle chunks and the
+chunk LRU holds fewer chunks than a page reads), must give the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import msgspec
+import pytest
+
+from rayhistory.server import api, snapshot_model
+from rayhistory.server.disk_tasks import DiskSpill, DiskTasks, LocalTasksUnreadable, spill_tasks
+from rayhistory.server.snapshot_model import (
+    SnapshotFormatError, decode_head, decode_snapshot, encode_snapshot, fill_or_mark_corrupt,
+)
+from rayhistory.store import is_storage_failure
+from tests.server.fixture_store import running_server, write_fixture_session
+from tests.server.test_ground_truth import build_fixture_snapshot
+from tests.server.test_lazy_tasks import _resealed
+from tests.server.test_loader import store  # noqa: F401 - the fixture
+
+HANDLERS = {pattern: handler for _, pattern, handler in api.ROUTES}
+CHUNK = 4
+
+
+def _with_retries(snapshot):
+    """The fixture snapshot with a second attempt of every third task (later attempts first, as Ray lists
+    them) and some attempts unlisted: what a session with retries holds."""
+    tasks = []
+    for i, t in enumerate(snapshot.tasks):
+        if i % 3 == 0 and snapshot.strings[t.type] != "DRIVER_TASK":
+            tasks.append(msgspec.structs.replace(t, attempt=1, listed=i % 2 == 0))
+        tasks.append(t)
+    positions: dict[int, list[int]] = {}
+    for p, t in enumerate(tasks):
+        if snapshot.strings[t.type] != "DRIVER_TASK":
+            positions.setdefault(t.job, []).append(p)
+    job_tasks = {job: b"".join(p.to_bytes(4, "little") for p in ps) for job, ps in positions.items()}
+    return msgspec.structs.replace(snapshot, tasks=tasks, job_tasks=job_tasks,
+                                   unlisted=sum(not t.listed for t in tasks))
+
+
+@pytest.fixture(scope="module")
+def encoded() -> bytes:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(snapshot_model, "TASK_CHUNK", CHUNK)
+        return encode_snapshot(_with_retries(build_fixture_snapshot()))
+
+
+def _on_disk(data: bytes, tmp_path, cache_chunks: int = 2):
+    head, section = decode_head(data)
+    spill_tasks(section, head, str(tmp_path), cache_chunks)
+    return head
+
+
+def _queries(full) -> list[tuple[str, dict]]:
+    """Every route, and the task routes with each filter the dashboard sends (and some it does not)."""
+    out = []
+    for pattern in HANDLERS:
+        if "{actor_id}" in pattern:
+            out += [(pattern, {"actor_id": a.actor_id}) for a in full.actors[:3]]
+        elif "{node_id}" in pattern:
+            out.append((pattern, {"node_id": full.nodes[0].node_id}))
+        elif "{job_id}" in pattern:
+            out += [(pattern, {"job_id": j.job_id}) for j in full.driver_jobs]
+        else:
+            out.append((pattern, {}))
+    s = full.strings
+    retried = next(t for t in full.tasks if t.attempt == 1)
+    filters = [("job_id", "=", s[j]) for j in full.job_tasks] + [
+        ("state", "=", "FINISHED"), ("state", "!=", "FINISHED"), ("state", "=", "FAILED"),
+        ("task_id", "=", retried.task_id), ("task_id", "=", full.tasks[-1].task_id), ("task_id", "=", "ab" * 24),
+        ("task_id", "!=", retried.task_id), ("type", "=", "ACTOR_TASK"), ("name", "=", s[retried.name]),
+        ("func_or_class_name", "=", s[retried.func]), ("error_type", "=", "WORKER_DIED"),
+        ("attempt_number", "=", "1"),
+    ]
+    for key, predicate, value in filters:
+        query = {"filter_keys": key, "filter_predicates": predicate, "filter_values": value}
+        for pattern in ("/api/v0/tasks", "/api/v0/tasks/summarize"):
+            out += [(pattern, query), (pattern, {**query, "detail": "1", "limit": "3"})]
+        out.append(("/api/v0/tasks/summarize", {**query, "summary_by": "lineage"}))
+    for query in ({"detail": "1"}, {"limit": "5"}, {"exclude_driver": "false"}, {"limit": "0"}):
+        out.append(("/api/v0/tasks", query))
+    return out
+
+
+def _answer(snapshot, pattern: str, query: dict):
+    try:
+        status, body = HANDLERS[pattern](snapshot, query)
+    except api.ApiError as exc:
+        return exc.status, exc.body()
+    return status, body if isinstance(body, bytes) else msgspec.json.encode(body)
+
+
+def test_every_route_answers_from_disk_as_from_memory(encoded, tmp_path):
+    full = decode_snapshot(encoded)
+    disk = _on_disk(encoded, tmp_path)
+    assert isinstance(disk.tasks, DiskTasks) and len(disk.tasks) == len(full.tasks) > 3 * CHUNK
+    assert len(disk.tasks._spans) == -(-len(full.tasks) // CHUNK)
+    assert full.unlisted and any(t.attempt for t in full.tasks)
+    for pattern, query in _queries(full):
+        assert _answer(disk, pattern, query) == _answer(full, pattern, query), (pattern, query)
+
+
+def test_disk_tasks_index_slice_iterate_and_find_ids_as_a_list(encoded, tmp_path):
+    full = decode_snapshot(encoded)
+    disk = _on_disk(encoded, tmp_path, cache_chunks=1).tasks
+    n = len(full.tasks)
+    assert list(disk) == full.tasks
+    assert [disk[i] for i in range(n)] == full.tasks and disk[-1] == full.tasks[-1]
+    assert disk[3:11] == full.tasks[3:11] and disk[::5] == full.tasks[::5] and disk[n:] == []
+    for bad in (n, -n - 1):
+        with pytest.raises(IndexError):
+            disk[bad]
+    from rayhistory.server.api_tasks import task_id_range
+
+    for task_id in {t.task_id for t in full.tasks} | {"00" * 24, "ff" * 24}:
+        assert task_id_range(disk, task_id) == task_id_range(full.tasks, task_id), task_id
+    assert disk.states == bytes(t.state for t in full.tasks)
+    assert disk.drivers == [t for t in full.tasks if full.strings[t.type] == "DRIVER_TASK"]
+
+
+def test_a_task_chunk_damaged_on_local_disk_is_a_storage_failure(encoded, tmp_path):
+    disk = _on_disk(encoded, tmp_path, cache_chunks=1)
+    offset, length, _ = disk.tasks._spans[1]
+    os.pwrite(disk.tasks._fd, b"\0" * 8, offset + length // 2)
+    with pytest.raises(LocalTasksUnreadable, match="chunk 1 .* CRC32") as raised:
+        disk.tasks[CHUNK]
+    assert is_storage_failure(raised.value)  # the server answers it 503, not 500 (app._storage_failures)
+    assert disk.tasks[0] is not None  # the other chunks still read
+
+
+def test_a_task_section_that_does_not_decode_leaves_no_file_and_the_snapshot_incomplete(encoded, tmp_path):
+    bad = _resealed(encoded, lambda parts: parts.tasks.__setitem__(2, zlib.compress(b"\xc1 not msgpack")))
+    head, section = decode_head(bad)
+    assert not fill_or_mark_corrupt(head, "snapshots/v4/x.snap", lambda: spill_tasks(section, head, str(tmp_path), 2))
+    assert not head.complete and head.tasks == [] and "task section" in head.objects_corrupt[0].reason
+    assert os.listdir(tmp_path) == []
+    empty_chunk = _resealed(encoded, lambda parts: parts.tasks.__setitem__(0, zlib.compress(b"\x90")))
+    head, section = decode_head(empty_chunk)
+    with pytest.raises(SnapshotFormatError, match="empty chunk"):
+        spill_tasks(section, head, str(tmp_path), 2)
+
+
+def test_disk_spill_applies_above_its_bound_only():
+    assert not DiskSpill().applies(1 << 40)  # 0: never
+    assert DiskSpill(100).applies(101) and not DiskSpill(100).applies(100)
+
+
+async def test_a_session_above_the_bound_is_served_from_local_disk(store, tmp_path, monkeypatch):  # noqa: F811
+    """Through the server: compacted by one replica, then loaded by one whose bound it exceeds: every task
+    route answers as the first replica's (in memory), and the entry counts what it holds, not the tasks."""
+    monkeypatch.setattr(snapshot_model, "TASK_CHUNK", CHUNK)  # the snapshot the first replica writes
+    ref = await write_fixture_session(store)
+    base = f"/s/{ref.tail}"
+    paths = ["/api/v0/tasks?detail=1", "/api/v0/tasks/summarize", "/api/v0/tasks/timeline", "/api/v0/workers",
+             "/api/v0/tasks?filter_keys=state&filter_predicates=%3D&filter_values=FINISHED"]
+    answers = {}
+    async with running_server(store) as (client, _, state):
+        for path in paths:
+            async with client.get(base + path) as resp:
+                assert resp.status == 200, path
+                answers[path] = await resp.read()
+        in_memory = state.cache.peek(ref)
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    async with running_server(store, tasks_on_disk_above_bytes=1, task_spill_dir=str(spill_dir),
+                              disk_task_chunks=1) as (client, _, state):
+        for path in paths:
+            async with client.get(base + path) as resp:
+                assert resp.status == 200, path
+                assert await resp.read() == answers[path], path
+        entry = state.cache.peek(ref)
+        assert entry.tasks_decoded and isinstance(entry.snapshot.tasks, DiskTasks)
+        assert os.listdir(spill_dir) == []  # the file was unlinked at once
+        assert entry.nbytes < in_memory.nbytes
