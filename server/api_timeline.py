@@ -101,55 +101,63 @@ def _trace_events(s: Snapshot, tasks: Sequence[Task]) -> list:
     events: list = []
     append = events.append
     kind = _kinds(strings)
-    # tid -> (event name index, extra data index) -> (its _TraceEvent.cat on that worker, its kind)
-    worker_heads: dict[int, dict[tuple[int, int], tuple[msgspec.Raw, _Kind]]] = {}
-    ids_after_id: dict[tuple[int, int, int, int], bytes] = {}
+    # tid -> (event name index, extra data index) -> (its _TraceEvent.cat on that worker, its colour, and its
+    # kind if it has extra data)
+    worker_heads: dict[int, dict[tuple[int, int], tuple[msgspec.Raw, str, _Kind | None]]] = {}
+    # (component, job, attempt, func, actor) -> what the events of the tasks that share them share
+    per_key: dict[tuple[int, int, int, int, int], tuple[bytes, dict, int, int] | None] = {}
     id_json = _cached_json(strings, nil=True)
     raw = msgspec.Raw
-    iter_profile = PROFILE_ENTRY.iter_unpack
-    trace_event = _TraceEvent
-    for t in tasks:
-        profile = packed_profile(t.packed)
-        if not profile:
-            continue
+
+    def shown_on(t: Task) -> tuple[bytes, dict, int, int] | None:
+        """(the task's ids after its task id, the worker's event heads, pid, tid), or None for a task whose
+        events are not a worker's or a driver's (the trace leaves them out)."""
         if t.component not in components:
             component_type, component_id, ip = (strings[t.component].split("\n") + ["", "", ""])[:3]
             components[t.component] = ((f"{component_type}:{component_id}", ip)
                                        if component_type in ("worker", "driver") else None)
         shown_as = components[t.component]
         if shown_as is None:
-            continue
+            return None
         component, ip = shown_as
-        # the task's ids, the args of every event (after its extra data), as _encode would write the dict
-        key = (t.job, t.attempt, t.func, t.actor)
-        after_id = ids_after_id.get(key)
-        if after_id is None:  # what follows the task id: shared by the tasks of one function, job and actor
-            after_id = ids_after_id[key] = b"".join((
-                b'","job_id":', id_json(t.job), b',"attempt_number":', str(t.attempt).encode(),
-                b',"func_or_class_name":', id_json(t.func), b',"actor_id":', id_json(t.actor), b"}"))
-        ids = b'{"task_id":"%s%s' % (t.task_id.encode(), after_id)
-        ids_raw = raw(ids)
         pid = node_index.setdefault(ip, len(node_index))
         tid = worker_index.setdefault((pid, component), len(worker_index))
-        heads = worker_heads.get(tid)
-        if heads is None:
-            heads = worker_heads[tid] = {}
+        after_id = b"".join((b'","job_id":', id_json(t.job), b',"attempt_number":', str(t.attempt).encode(),
+                             b',"func_or_class_name":', id_json(t.func), b',"actor_id":', id_json(t.actor), b"}"))
+        return after_id, worker_heads.setdefault(tid, {}), pid, tid
+
+    iter_profile = PROFILE_ENTRY.iter_unpack
+    trace_event = _TraceEvent
+    for t in tasks:
+        profile = packed_profile(t.packed)
+        if not profile:
+            continue
+        key = (t.component, t.job, t.attempt, t.func, t.actor)
+        shared = per_key.get(key, False)
+        if shared is False:
+            shared = per_key[key] = shown_on(t)
+        if shared is None:  # not a worker's or a driver's
+            continue
+        after_id, heads, pid, tid = shared
+        # the task's ids, the args of every event (after its extra data), as _encode would write the dict
+        ids = b'{"task_id":"%s%s' % (t.task_id.encode(), after_id)
+        ids_raw = raw(ids)
         for name_index, start, end, extra_index in iter_profile(profile):
-            found = heads.get((name_index, extra_index))
-            if found is None:
+            known = heads.get((name_index, extra_index))
+            if known is None:
                 k = kind((name_index, extra_index))
-                found = heads[name_index, extra_index] = (
-                    raw(b"%s,\"pid\":%d,\"tid\":%d" % (k.name_json, pid, tid)), k)
-            head, k = found
+                known = heads[name_index, extra_index] = (raw(b"%s,\"pid\":%d,\"tid\":%d" % (k.name_json, pid, tid)),
+                                                          k.colour, k if k.extra_json else None)
+            head, colour, with_extra = known
             # the same float operations as _profiling_data's seconds, then milliseconds: the same numbers
             start_ms = start / 1e6 * 1e3
-            if not k.extra_json:
+            if with_extra is None:
                 args = ids_raw
-            elif k.extra.keys().isdisjoint(_IDS):  # {**extra, **ids}: extra's keys, then the ids
-                args = raw(k.extra_json[:-1] + b"," + ids[1:])
+            elif with_extra.extra.keys().isdisjoint(_IDS):  # {**extra, **ids}: extra's keys, then the ids
+                args = raw(with_extra.extra_json[:-1] + b"," + ids[1:])
             else:
-                args = {**k.extra, **msgspec.json.decode(ids)}
-            append(trace_event(head, start_ms, end / 1e6 * 1e3 - start_ms, k.colour, args))
+                args = {**with_extra.extra, **msgspec.json.decode(ids)}
+            append(trace_event(head, start_ms, end / 1e6 * 1e3 - start_ms, colour, args))
     for ip, i in node_index.items():
         events.append({"name": "process_name", "args": {"name": f"Node {ip}"}, "pid": i, "tid": None, "ph": "M"})
     for (pid, component), i in worker_index.items():

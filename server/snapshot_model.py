@@ -15,6 +15,7 @@ import dataclasses
 import struct
 import time
 import zlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -225,10 +226,6 @@ def _packed(value: Any) -> bytes:
     return zlib.compress(_encoder.encode(value), 1)
 
 
-def _chunks(items: list, size: int) -> list[bytes]:
-    return [_packed(items[i:i + size]) for i in range(0, len(items), size)]
-
-
 def _all_parts(parts: _Sections) -> tuple[bytes, ...]:
     return parts.head, parts.drivers, *parts.tasks, parts.job_tasks
 
@@ -236,11 +233,22 @@ def _all_parts(parts: _Sections) -> tuple[bytes, ...]:
 def encode_snapshot(snapshot: Snapshot, tasks_resident: int = 0) -> bytes:
     """The compacted bytes; `tasks_resident` is what tasks and job_tasks hold in memory (cache.measure_bytes),
     recorded so that a reader can account for them before it has decoded them."""
-    head = msgspec.structs.replace(snapshot, tasks=[], job_tasks={})
     driver = snapshot.strings.index("DRIVER_TASK") if "DRIVER_TASK" in snapshot.strings else -1
-    drivers = [t for t in snapshot.tasks if t.type == driver]
-    parts = _Sections(_packed(head), _packed(drivers), len(snapshot.tasks), tasks_resident,
-                      _chunks(snapshot.tasks, TASK_CHUNK), _packed(snapshot.job_tasks), [])
+    tasks = snapshot.tasks
+    return encode_sections(msgspec.structs.replace(snapshot, tasks=[], job_tasks={}),
+                           [t for t in tasks if t.type == driver], len(tasks),
+                           (tasks[i:i + TASK_CHUNK] for i in range(0, len(tasks), TASK_CHUNK)),
+                           lambda: snapshot.job_tasks, tasks_resident)
+
+
+def encode_sections(head: Snapshot, drivers: list[Task], n_tasks: int, chunks: Iterable[list[Task]],
+                    job_tasks: Callable[[], dict[int, bytes]], tasks_resident: int) -> bytes:
+    """encode_snapshot from its parts: the head (a snapshot without tasks), the driver attempts, and the
+    tasks in chunks of TASK_CHUNK (any iterable: a session need not be in memory whole to be written);
+    job_tasks is asked for after the chunks are read."""
+    parts = _Sections(_packed(head), _packed(drivers), n_tasks, tasks_resident, [_packed(c) for c in chunks],
+                      b"", [])
+    parts.job_tasks = _packed(job_tasks())
     parts.crc32 = [zlib.crc32(p) for p in _all_parts(parts)]
     return _MAGIC + struct.pack("<H", FORMAT_VERSION) + _encoder.encode(parts)
 
