@@ -46,7 +46,7 @@ import tracemalloc
 
 import msgspec
 
-from .common import RESULTS, ROOT, children_cpu_seconds, cpu_seconds, peak_rss_mb, write_results
+from .common import RESULTS, ROOT, children_cpu_seconds, cpu_seconds, peak_rss_mb, reset_peak_rss, write_results
 
 DEFAULT_SIZES = (10_000, 100_000)
 # issue 15's targets (one core unless said; read with the ratios to the floor on a loaded machine)
@@ -81,11 +81,11 @@ def measure(n_tasks: int) -> dict:
         return builder.build(release=True)  # as the server builds
 
     rss_before = _rss_mb()
-    _reset_peak_rss()
+    reset_peak_rss()
     c0, w0 = cpu_seconds(), time.perf_counter()
     snapshot = cold_build()
     build_s, build_wall_s = cpu_seconds() - c0, time.perf_counter() - w0
-    build_peak_mb = _peak_rss_since_reset_mb() - rss_before  # what the build itself added, inputs excluded
+    build_peak_mb = peak_rss_mb() - rss_before  # what the build itself added, inputs excluded
     for _ in range(repeats - 1):
         del snapshot
         gc.collect()
@@ -231,16 +231,6 @@ def _floor(batches: dict[str, bytes]) -> None:
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak RSS (VmHWM) to the current RSS
-        f.write("5")
-
-
-def _peak_rss_since_reset_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def _timed(fn) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .api_actors import ACTOR_FILTERABLE, _actor_repr_name, actor_row
 from .api_common import DRIVER_TASK_ID_PREFIX, ApiError, Query, _ok, parse_filters
-from .api_tasks import _PENDING_ARGS_AVAIL, TASK_FILTERABLE, _task_name, select_tasks
+from .api_tasks import _PENDING_ARGS_AVAIL, TASK_FILTERABLE, _task_name, check_whole_answer, select_tasks
 from .snapshot_model import TASK_STATES, Snapshot, Task, task_transitions
 
 
@@ -15,6 +15,7 @@ def summarize_tasks(s: Snapshot, query: Query) -> tuple[int, dict]:
     filters = parse_filters(query, TASK_FILTERABLE)
     kept, total = select_tasks(s, filters, True)
     if summary_by == "lineage":
+        check_whole_answer(s, kept, "A lineage summary")
         summary = _summary_by_lineage(s, kept)
     else:
         summary = _summary_by_func_name(s, kept)

@@ -122,6 +122,32 @@ def _states(tasks: Sequence[Task]) -> Iterator[int]:
     return map(attrgetter("state"), tasks)
 
 
+def _without_drivers(s: Snapshot, tasks: Sequence[Task]) -> Sequence[Task]:
+    """The filter type != DRIVER_TASK; for tasks on disk from the positions of their driver attempts, kept
+    apart at the spill (disk_tasks.spill_tasks matches the type as the filter does)."""
+    disk = tasks if isinstance(tasks, DiskTasks) else tasks.tasks if isinstance(tasks, _Subset) else None
+    if not isinstance(disk, DiskTasks):
+        return _narrow(s, tasks, Filter("type", False, "DRIVER_TASK"))
+    if not disk.driver_positions:
+        return tasks
+    positions = range(len(disk)) if tasks is disk else tasks.positions
+    return _kept(tasks, map(not_, map(disk.driver_positions.__contains__, positions)))
+
+
+# What an answer that holds every selected task at once may cover in a session on disk: the lineage summary
+# (a group per task) and the timeline (several trace events per task) of 100k tasks take a few hundred MB.
+ON_DISK_WHOLE_ANSWER_MAX_TASKS = 100_000
+
+
+def check_whole_answer(s: Snapshot, tasks: Sequence[Task], what: str) -> None:
+    """Refuse, with a reason, an answer that would hold all of `tasks` in memory when the session's tasks
+    are on disk (disk_tasks.py: it is on disk because it does not fit) and they are too many."""
+    if isinstance(s.tasks, DiskTasks) and len(tasks) > ON_DISK_WHOLE_ANSWER_MAX_TASKS:
+        raise ApiError(400, f"{what} of {len(tasks):,} tasks would not fit in this replica's memory (the session's "
+                            f"{len(s.tasks):,} tasks are kept on local disk); it is answered for up to "
+                            f"{ON_DISK_WHOLE_ANSWER_MAX_TASKS:,}: filter by job_id, state or name")
+
+
 def failed_task_count(tasks: Sequence[Task]) -> int:
     if isinstance(tasks, DiskTasks):
         return tasks.states.count(FAILED)
@@ -264,7 +290,7 @@ def select_tasks(s: Snapshot, filters: list[Filter], exclude_driver: bool) -> tu
     for f in source:
         tasks = _narrow(s, tasks, f)
     if exclude_driver:
-        tasks = _narrow(s, tasks, Filter("type", False, "DRIVER_TASK"))
+        tasks = _without_drivers(s, tasks)
     if s.unlisted:
         tasks = _kept(tasks, map(attrgetter("listed"), tasks))
     total = len(tasks)

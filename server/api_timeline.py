@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from .api_common import Filter, Query, _nil, _shared_json
-from .api_tasks import select_tasks
+from .api_tasks import check_whole_answer, select_tasks
 from .gc_pause import gc_paused
 from .snapshot_model import PROFILE_ENTRY, Snapshot, Task, packed_profile
 
@@ -37,6 +37,7 @@ def task_timeline(s: Snapshot, query: Query) -> tuple[int, bytes]:
     job_id = query.get("job_id")
     filters = [Filter("job_id", True, job_id)] if job_id else []
     tasks, _ = select_tasks(s, filters, True)
+    check_whole_answer(s, tasks, "A timeline")
     # the events are structs of atoms and shared parsed JSON, no cycles: without the pause, the GC's passes
     # over the hundreds of thousands of objects being made take as long as making them
     with gc_paused():

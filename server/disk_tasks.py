@@ -26,6 +26,7 @@ from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from operator import attrgetter
 from typing import Any
 
@@ -35,7 +36,7 @@ from rayhistory.store import StoreError
 from .cache import measure_bytes
 from .snapshot_model import Snapshot, SnapshotFormatError, Task, TaskSection, decode_job_tasks, decode_task_chunk
 
-_state = attrgetter("state")
+_state, _type = attrgetter("state"), attrgetter("type")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class DiskTasks(Sequence):
     """The tasks of a snapshot, by position (the order of Snapshot.tasks), from a local file of chunks."""
 
     def __init__(self, file: Any, spans: list[tuple[int, int, int]], starts: list[int], first_ids: list[str],
-                 states: bytes, drivers: list[Task], limits: InflateLimits, cache_chunks: int, chunk_bytes: int):
+                 states: bytes, drivers: list[Task], driver_positions: frozenset[int], limits: InflateLimits,
+                 cache_chunks: int, chunk_bytes: int):
         self._file = file  # kept open: the file has no name any more
         self._fd = file.fileno()
         self._spans = spans  # per chunk: (offset, length, CRC32) in the file
@@ -68,6 +70,7 @@ class DiskTasks(Sequence):
         self.first_ids = first_ids  # each chunk's first task id
         self.states = states  # Task.state of every task, one byte each: filters and counts without a decode
         self.drivers = drivers  # the DRIVER_TASK attempts (the workers page lists them)
+        self.driver_positions = driver_positions  # ... and their positions (the lists leave them out)
         self._limits = limits
         self._cache: OrderedDict[int, list[Task]] = OrderedDict()
         self._cache_chunks = cache_chunks
@@ -139,10 +142,11 @@ def spill_tasks(section: TaskSection, snapshot: Snapshot, directory: str, cache_
     that does not decode (the file is then closed and gone)."""
     parts = section.take()
     limits = section.limits
-    driver = snapshot.strings.index("DRIVER_TASK") if "DRIVER_TASK" in snapshot.strings else -1
+    # as the filter type != DRIVER_TASK compares (api_tasks._narrow): case-insensitively
+    driver_types = frozenset(i for i, v in enumerate(snapshot.strings) if v.lower() == "driver_task")
     file = tempfile.TemporaryFile(dir=directory or None, prefix="rayhistory-tasks-")
     try:
-        spans, starts, first_ids, drivers = [], [0], [], []
+        spans, starts, first_ids, drivers, driver_positions = [], [0], [], [], []
         states = bytearray()
         offset = 0
         crcs = parts.crc32[2:2 + len(parts.tasks)]  # after the head's and the drivers' (snapshot_model._all_parts)
@@ -154,7 +158,9 @@ def spill_tasks(section: TaskSection, snapshot: Snapshot, directory: str, cache_
             chunk_bytes = chunk_bytes or measure_bytes(tasks)
             first_ids.append(tasks[0].task_id)
             states += bytes(map(_state, tasks))
-            drivers += [t for t in tasks if t.type == driver]
+            is_driver = list(map(driver_types.__contains__, map(_type, tasks)))
+            drivers += compress(tasks, is_driver)
+            driver_positions += compress(range(starts[-1], starts[-1] + len(tasks)), is_driver)
             file.write(part)
             spans.append((offset, len(part), crc))
             offset += len(part)
@@ -173,6 +179,6 @@ def spill_tasks(section: TaskSection, snapshot: Snapshot, directory: str, cache_
     except BaseException:
         file.close()
         raise
-    snapshot.tasks = DiskTasks(file, spans, starts, first_ids, bytes(states), drivers, limits, cache_chunks,
-                               chunk_bytes)
+    snapshot.tasks = DiskTasks(file, spans, starts, first_ids, bytes(states), drivers, frozenset(driver_positions),
+                               limits, cache_chunks, chunk_bytes)
     snapshot.job_tasks = job_tasks

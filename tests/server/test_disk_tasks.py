@@ -179,3 +179,18 @@ async def test_a_session_above_the_bound_is_served_from_local_disk(store, tmp_pa
         assert entry.tasks_decoded and isinstance(entry.snapshot.tasks, DiskTasks)
         assert os.listdir(spill_dir) == []  # the file was unlinked at once
         assert entry.nbytes < in_memory.nbytes
+
+
+@pytest.mark.parametrize("pattern, query", [("/api/v0/tasks/summarize", {"summary_by": "lineage"}),
+                                            ("/api/v0/tasks/timeline", {})])
+def test_an_answer_holding_every_task_is_bounded_only_for_a_session_on_disk(encoded, tmp_path, monkeypatch,
+                                                                            pattern, query):
+    from rayhistory.server import api_tasks
+
+    monkeypatch.setattr(api_tasks, "ON_DISK_WHOLE_ANSWER_MAX_TASKS", 10)
+    status, body = _answer(_on_disk(encoded, tmp_path), pattern, query)
+    assert status == 400 and "kept on local disk" in body["msg"] and "filter by job_id" in body["msg"]
+    assert _answer(decode_snapshot(encoded), pattern, query)[0] == 200  # in memory: answered whole, as before
+    one_job = ({"job_id": "ffffffff"} if pattern.endswith("timeline")
+               else {"filter_keys": "job_id", "filter_predicates": "=", "filter_values": "ffffffff", **query})
+    assert _answer(_on_disk(encoded, tmp_path), pattern, one_job)[0] == 200  # a filter that keeps few: answered
