@@ -74,7 +74,8 @@ bench: $(STAMP)
 
 ## History server: session loads, resident bytes, HTTP p50/p99, /clusters (bench-results/server.json);
 ## snapshot build/load, bytes per task, API p50/p99 for 10k and 100k tasks, 1M with RAYHISTORY_BENCH_1M=1
-## (bench-results/snapshot.json).
+## (bench-results/snapshot.json); a session larger than a 2 GiB replica, its tasks on local disk: 2M tasks, 10M
+## with RAYHISTORY_BENCH_10M=1 (bench-results/disk_tasks.json).
 ## Collector ingest: events/s with the spool durable, CPU per 10k events, peak RSS (bench-results/collector.json).
 bench-collector: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_collector
@@ -82,6 +83,7 @@ bench-collector: $(STAMP)
 bench-server: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_server
 	$(BIN)/python -m benchmarks.bench_snapshot
+	$(BIN)/python -m benchmarks.bench_disk_tasks
 
 ## The Ray Dashboard frontend build, from the ray wheel without installing Ray (docs/user-guide.md).
 dashboard: $(TOOLS)/dashboard/index.html

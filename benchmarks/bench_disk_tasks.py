@@ -123,11 +123,11 @@ async def serve(written: dict) -> dict:
     async with TestServer(public) as server, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{server.port}/s/{ref.tail}"
 
-        async def get(path: str) -> float:
+        async def get(path: str, expect: bytes = b"") -> float:
             t0 = time.perf_counter()
             async with http.get(base + path, timeout=aiohttp.ClientTimeout(total=3600)) as resp:
                 body = await resp.read()
-                assert resp.status == 200, (path, resp.status, body[:300])
+                assert resp.status == 200 and expect in body, (path, resp.status, body[:300])
             return time.perf_counter() - t0
 
         await get("/api/jobs/")
@@ -151,7 +151,8 @@ async def serve(written: dict) -> dict:
             "tasks_job_detail_limit100": p50([await get(f"/api/v0/tasks?detail=1&limit={100 + i}{by_job}{jobs[i % len(jobs)]}")
                                               for i in range(10)]),
             "tasks_detail_limit10000": p50([await get(f"/api/v0/tasks?detail=1&limit={10_000 + i}") for i in range(3)]),
-            "task_by_id": p50([await get(f"/api/v0/tasks?detail=1{by_id}{task_id}") for task_id in ids]),
+            "task_by_id": p50([await get(f"/api/v0/tasks?detail=1{by_id}{task_id}", f'"task_id":"{task_id}"'.encode())
+                               for task_id in ids]),
             "tasks_failed_limit100": p50([await get(f"/api/v0/tasks?limit={100 + i}{failed}") for i in range(5)]),
             "workers": p50([await get(f"/api/v0/workers?limit={100 + i}") for i in range(3)]),
         }
