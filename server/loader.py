@@ -38,7 +38,7 @@ from .disk_tasks import DiskSpill, DiskTasks, spill_tasks
 from .metrics import ServerMetrics
 from .parallel_build import ParallelBuild
 from .snapshot_model import SNAPSHOT_LIMITS, TaskSection, fill_or_mark_corrupt
-from .snapshot_store import LoadProgress, SessionObjects, build_session, list_session
+from .snapshot_store import LoadProgress, SessionObjects, build_session, decode_stored_head, list_session
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,18 @@ class SessionLoader:
         )
         source = result.source
         nbytes = await asyncio.to_thread(measure_bytes, result.snapshot)
+        if result.wrote and result.tasks is None and self.disk.applies(nbytes):
+            # built in memory, and larger than it should stay: served from what was just written, tasks on disk
+            try:
+                snapshot, _, tasks = await asyncio.to_thread(
+                    decode_stored_head, await self.store.get(result.snapshot_key), self.snapshot_limits)
+            except Exception as exc:  # noqa: BLE001 - the snapshot in memory is as good: served from memory
+                log.warning("reading back a written snapshot failed; its tasks stay in memory",
+                            extra={"session": ref.tail, "key": result.snapshot_key,
+                                   "error": f"{type(exc).__name__}: {exc}"})
+            else:
+                result.snapshot, result.tasks = snapshot, tasks
+                nbytes = await asyncio.to_thread(measure_bytes, snapshot)
         tasks = result.tasks
         on_disk = tasks is not None and self.disk.applies(tasks.tasks_resident)
         if tasks is not None:  # counted before they are decoded: what they will hold, and what is held meanwhile

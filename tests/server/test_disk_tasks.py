@@ -194,3 +194,23 @@ def test_an_answer_holding_every_task_is_bounded_only_for_a_session_on_disk(enco
     one_job = ({"job_id": "ffffffff"} if pattern.endswith("timeline")
                else {"filter_keys": "job_id", "filter_predicates": "=", "filter_values": "ffffffff", **query})
     assert _answer(_on_disk(encoded, tmp_path), pattern, one_job)[0] == 200  # a filter that keeps few: answered
+
+
+async def test_a_session_built_from_raw_above_the_bound_is_served_from_what_it_wrote(tmp_path, monkeypatch):
+    """A replica that builds a session from raw events and finds it larger than its bound does not keep the
+    tasks it built: it serves them from the snapshot it just wrote, on disk, with the same answers as a
+    replica that keeps them in memory (each replica on a store of its own, both from raw)."""
+    from rayhistory.store import Store
+
+    monkeypatch.setattr(snapshot_model, "TASK_CHUNK", CHUNK)
+    paths = ["/api/v0/tasks?detail=1", "/api/v0/tasks/summarize?summary_by=lineage", "/api/v0/workers"]
+    answers = []
+    for name, settings in (("memory", {}), ("disk", {"tasks_on_disk_above_bytes": 1})):
+        store = Store(f"file://{tmp_path}/{name}")
+        ref = await write_fixture_session(store)
+        async with running_server(store, **settings) as (client, _, state):
+            answers.append([await (await client.get(f"/s/{ref.tail}{path}")).read() for path in paths])
+            entry = state.cache.peek(ref)
+            assert state.loader.progress(ref).source == "raw" and entry.snapshot_key
+            assert isinstance(entry.snapshot.tasks, DiskTasks) == (name == "disk")
+    assert answers[0] == answers[1]
