@@ -118,6 +118,8 @@ class ServerSpec(_Spec):
     )
     cache_max_sessions: int = 16
     cache_max_bytes: int = 2 * 1024**3
+    # a session whose tasks take more keeps them on the Pod's /tmp emptyDir (-1: half of cache_max_bytes)
+    tasks_on_disk_above_bytes: int = -1
     load_timeout: float = 120.0
     # live sessions: proxied to their heads, or answered from storage (the heads never asked)
     live_sessions: Literal["proxy", "storage"] = "proxy"

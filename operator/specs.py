@@ -151,6 +151,7 @@ def build_server_deployment_spec(history: Obj, spec: HistorySpec) -> Obj:
             "--internal-port", str(config.SERVER_INTERNAL_PORT),
             "--cache-max-sessions", str(server.cache_max_sessions),
             "--cache-max-bytes", str(server.cache_max_bytes),
+            "--tasks-on-disk-above-bytes", str(server.tasks_on_disk_above_bytes),
             "--load-timeout", str(server.load_timeout),
             "--live-sessions", server.live_sessions,
             "--live-reload-s", str(server.live_reload_seconds),

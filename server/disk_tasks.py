@@ -152,7 +152,7 @@ def spill_tasks(section: TaskSection, snapshot: Snapshot, directory: str, cache_
         crcs = parts.crc32[2:2 + len(parts.tasks)]  # after the head's and the drivers' (snapshot_model._all_parts)
         chunk_bytes = 0
         for part, crc in zip(parts.tasks, crcs):
-            tasks = decode_task_chunk(zlib_inflate(part, limits))
+            tasks = decode_task_chunk(zlib_inflate(part, limits), share_ints=False)  # read, then let go
             if not tasks:
                 raise SnapshotFormatError("corrupt snapshot task section: an empty chunk")
             chunk_bytes = chunk_bytes or measure_bytes(tasks)

@@ -342,10 +342,12 @@ def fill_or_mark_corrupt(snapshot: Snapshot, key: str, fill: Any) -> bool:
         return False
 
 
-def decode_task_chunk(data: bytes) -> list[Task]:
-    """One inflated chunk of a task section (its worker fields shared within the chunk)."""
+def decode_task_chunk(data: bytes, share_ints: bool = True) -> list[Task]:
+    """One inflated chunk of a task section (its worker fields shared within the chunk, unless the tasks are
+    read and let go)."""
     tasks = _tasks_decoder.decode(data)
-    _share_worker_ints(tasks)
+    if share_ints:
+        _share_worker_ints(tasks)
     return tasks
 
 

@@ -265,6 +265,7 @@ def test_collector_env_and_server_args_are_what_those_parts_read():
     from rayhistory.config import env_name, settings_from_args
 
     h = history({"storage": {"url": "s3://b/p"}, "server": {"cacheMaxSessions": 9, "cacheMaxBytes": 123456789,
+                                                              "tasksOnDiskAboveBytes": 5 << 20,
                                                               "loadTimeout": 33, "liveSessions": "storage",
                                                               "liveReloadSeconds": 7}})
     spec = parse_spec(h["spec"])
@@ -279,6 +280,7 @@ def test_collector_env_and_server_args_are_what_those_parts_read():
     settings = settings_from_args(ServerSettings, build_parser("server").parse_args(args))
     assert (settings.port, settings.internal_port) == (config.SERVER_PORT, config.SERVER_INTERNAL_PORT)
     assert (settings.cache_max_sessions, settings.cache_max_bytes, settings.load_timeout) == (9, 123456789, 33)
+    assert settings.tasks_on_disk_above_bytes == 5 << 20
     assert (settings.live_sessions, settings.live_reload_s) == ("storage", 7)
 
 
