@@ -139,13 +139,13 @@ def _without_drivers(s: Snapshot, tasks: Sequence[Task]) -> Sequence[Task]:
 ON_DISK_WHOLE_ANSWER_MAX_TASKS = 100_000
 
 
-def check_whole_answer(s: Snapshot, tasks: Sequence[Task], what: str) -> None:
-    """Refuse, with a reason, an answer that would hold all of `tasks` in memory when the session's tasks
-    are on disk (disk_tasks.py: it is on disk because it does not fit) and they are too many."""
-    if isinstance(s.tasks, DiskTasks) and len(tasks) > ON_DISK_WHOLE_ANSWER_MAX_TASKS:
-        raise ApiError(400, f"{what} of {len(tasks):,} tasks would not fit in this replica's memory (the session's "
+def check_whole_answer(s: Snapshot, count: int, what: str) -> None:
+    """Refuse, with a reason, an answer that would hold `count` tasks in memory at once when the session's
+    tasks are on disk (disk_tasks.py: it is on disk because it does not fit) and they are too many."""
+    if isinstance(s.tasks, DiskTasks) and count > ON_DISK_WHOLE_ANSWER_MAX_TASKS:
+        raise ApiError(400, f"{what} of {count:,} tasks would not fit in this replica's memory (the session's "
                             f"{len(s.tasks):,} tasks are kept on local disk); it is answered for up to "
-                            f"{ON_DISK_WHOLE_ANSWER_MAX_TASKS:,}: filter by job_id, state or name")
+                            f"{ON_DISK_WHOLE_ANSWER_MAX_TASKS:,}: filter by job_id, state or name, or ask for fewer")
 
 
 def failed_task_count(tasks: Sequence[Task]) -> int:
@@ -262,6 +262,8 @@ class _Subset(Sequence):
         return self.tasks[self.positions[i]]
 
     def __iter__(self):
+        if isinstance(self.tasks, DiskTasks):  # a chunk at a time, past its LRU (DiskTasks.__iter__)
+            return self.tasks.at(self.positions)
         return map(self.tasks.__getitem__, self.positions)
 
 
@@ -314,8 +316,10 @@ def _first_listed_non_driver(s: Snapshot, limit: int) -> tuple[list[Task], int] 
     if len(drivers) > 1 or (drivers and s.strings[drivers[0]] != "DRIVER_TASK"):
         return None
     parts = [array("I", positions) for positions in s.job_tasks.values()]
+    total = sum(map(len, parts))
+    check_whole_answer(s, min(limit, total), "A task list")
     tasks = s.tasks
-    return [tasks[p] for p in islice(heapq.merge(*parts), limit)], sum(map(len, parts))
+    return [tasks[p] for p in islice(heapq.merge(*parts), limit)], total
 
 
 def list_tasks(s: Snapshot, query: Query) -> tuple[int, bytes]:
@@ -330,6 +334,7 @@ def list_tasks(s: Snapshot, query: Query) -> tuple[int, bytes]:
         matched = total
     else:
         kept, total = select_tasks(s, filters, exclude_driver)
+        check_whole_answer(s, min(limit, len(kept)), "A task list")
         shown, matched = kept[:limit], len(kept)
     if isinstance(s.tasks, DiskTasks):  # decoded anew from disk: a task's id() would not name it for long
         rows = [_encode(task_row(s, t, detail)) for t in shown]

@@ -24,7 +24,7 @@ import time
 import zlib
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import attrgetter
@@ -75,12 +75,18 @@ class DiskTasks(Sequence):
         self._cache: OrderedDict[int, list[Task]] = OrderedDict()
         self._cache_chunks = cache_chunks
         self._lock = threading.Lock()
-        self.chunk_bytes = chunk_bytes  # the resident bytes of one decoded chunk (measured on the first)
+        self.chunk_bytes = chunk_bytes  # the resident bytes of a decoded chunk (the largest measured at the spill)
+        self.on_unreadable: Callable[[], None] | None = None  # told when the file fails (the loader drops the entry)
 
     @property
     def resident_bound(self) -> int:
         """What the decoded chunks may hold at most, besides the columns."""
         return self._cache_chunks * self.chunk_bytes
+
+    @property
+    def in_memory_bytes(self) -> int:
+        """What the tasks would hold decoded in memory (a snapshot written from them records it)."""
+        return len(self._spans) * self.chunk_bytes
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -90,10 +96,15 @@ class DiskTasks(Sequence):
         try:
             part = os.pread(self._fd, length, offset)
         except OSError as exc:
-            raise LocalTasksUnreadable(f"task chunk {index} of the local task file: {exc}") from exc
+            raise self._unreadable(f"task chunk {index} of the local task file: {exc}") from exc
         if len(part) != length or zlib.crc32(part) != crc:
-            raise LocalTasksUnreadable(f"task chunk {index} of the local task file fails its CRC32")
+            raise self._unreadable(f"task chunk {index} of the local task file fails its CRC32")
         return decode_task_chunk(zlib_inflate(part, self._limits))
+
+    def _unreadable(self, reason: str) -> LocalTasksUnreadable:
+        if self.on_unreadable is not None:
+            self.on_unreadable()
+        return LocalTasksUnreadable(reason)
 
     def _chunk(self, index: int) -> list[Task]:
         with self._lock:
@@ -126,6 +137,20 @@ class DiskTasks(Sequence):
                 tasks = self._cache.get(index)
             yield from tasks if tasks is not None else self._read(index)
 
+    def at(self, positions: Iterable[int]) -> Iterator[Task]:
+        """The tasks at `positions` (ascending reads each chunk once), as __iter__ reads them: past the LRU."""
+        index, tasks, start, end = -1, [], 0, 0
+        starts = self._starts
+        for p in positions:
+            if not start <= p < end:
+                index = bisect_right(starts, p) - 1
+                with self._lock:
+                    tasks = self._cache.get(index)
+                if tasks is None:
+                    tasks = self._read(index)
+                start, end = starts[index], starts[index + 1]
+            yield tasks[p - start]
+
     def id_bounds(self, task_id: str) -> tuple[int, int]:
         """Positions between which the attempts of `task_id` are, if it has any: the chunks whose first ids
         say they may hold it (a bisect between them decodes one chunk, two at a chunk boundary)."""
@@ -144,7 +169,10 @@ def spill_tasks(section: TaskSection, snapshot: Snapshot, directory: str, cache_
     limits = section.limits
     # as the filter type != DRIVER_TASK compares (api_tasks._narrow): case-insensitively
     driver_types = frozenset(i for i, v in enumerate(snapshot.strings) if v.lower() == "driver_task")
-    file = tempfile.TemporaryFile(dir=directory or None, prefix="rayhistory-tasks-")
+    try:
+        file = tempfile.TemporaryFile(dir=directory or None, prefix="rayhistory-tasks-")
+    except OSError as exc:
+        raise LocalTasksUnreadable(f"no local task file under {directory or tempfile.gettempdir()}: {exc}") from exc
     try:
         spans, starts, first_ids, drivers, driver_positions = [], [0], [], [], []
         states = bytearray()
@@ -155,7 +183,7 @@ def spill_tasks(section: TaskSection, snapshot: Snapshot, directory: str, cache_
             tasks = decode_task_chunk(zlib_inflate(part, limits), share_ints=False)  # read, then let go
             if not tasks:
                 raise SnapshotFormatError("corrupt snapshot task section: an empty chunk")
-            chunk_bytes = chunk_bytes or measure_bytes(tasks)
+            chunk_bytes = max(chunk_bytes, measure_bytes(tasks))  # sampled: cheap, and the LRU's bound is the largest
             first_ids.append(tasks[0].task_id)
             states += bytes(map(_state, tasks))
             is_driver = list(map(driver_types.__contains__, map(_type, tasks)))
@@ -173,6 +201,10 @@ def spill_tasks(section: TaskSection, snapshot: Snapshot, directory: str, cache_
     except SnapshotFormatError:
         file.close()
         raise
+    except OSError as exc:  # the local disk (full, gone), not the stored snapshot
+        file.close()
+        raise LocalTasksUnreadable(f"writing the local task file under {directory or tempfile.gettempdir()}: "
+                                   f"{exc}") from exc
     except (InflateError, ValueError, RecursionError) as exc:  # msgspec.DecodeError is a ValueError
         file.close()
         raise SnapshotFormatError(f"corrupt snapshot task section: {exc}") from exc

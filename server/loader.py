@@ -26,6 +26,7 @@ import asyncio
 import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass
 
 from rayhistory.compression import DEFAULT_LIMITS, InflateLimits
@@ -34,11 +35,13 @@ from rayhistory.layout import SessionRef
 from rayhistory.store import Store
 
 from .cache import CacheEntry, SnapshotCache, measure_bytes
-from .disk_tasks import DiskSpill, DiskTasks, spill_tasks
+from .disk_tasks import DiskSpill, DiskTasks, LocalTasksUnreadable, spill_tasks
 from .metrics import ServerMetrics
 from .parallel_build import ParallelBuild
 from .snapshot_model import SNAPSHOT_LIMITS, TaskSection, fill_or_mark_corrupt
-from .snapshot_store import LoadProgress, SessionObjects, build_session, decode_stored_head, list_session
+from .snapshot_store import (
+    LoadProgress, SessionObjects, build_session, decode_stored_head, list_session, tasks_resident_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,12 @@ class LoadFailure:
 
     def retry_after(self) -> float:
         return max(0.0, self.until - time.monotonic())
+
+
+def resident_bytes(snapshot) -> int:
+    """What a loaded snapshot holds, as the cache counts it: for tasks on disk, their LRU full."""
+    tasks = snapshot.tasks
+    return measure_bytes(snapshot) + (tasks.resident_bound if isinstance(tasks, DiskTasks) else 0)
 
 
 def listing_signature(objects: SessionObjects) -> tuple:
@@ -331,8 +340,8 @@ class SessionLoader:
             parallel=self.parallel,
         )
         source = result.source
-        nbytes = await asyncio.to_thread(measure_bytes, result.snapshot)
-        if result.wrote and result.tasks is None and self.disk.applies(nbytes):
+        if result.wrote and result.tasks is None and self.disk.applies(
+                await asyncio.to_thread(tasks_resident_bytes, result.snapshot)):
             # built in memory, and larger than it should stay: served from what was just written, tasks on disk
             try:
                 snapshot, _, tasks = await asyncio.to_thread(
@@ -343,7 +352,7 @@ class SessionLoader:
                                    "error": f"{type(exc).__name__}: {exc}"})
             else:
                 result.snapshot, result.tasks = snapshot, tasks
-                nbytes = await asyncio.to_thread(measure_bytes, snapshot)
+        nbytes = await asyncio.to_thread(resident_bytes, result.snapshot)
         tasks = result.tasks
         on_disk = tasks is not None and self.disk.applies(tasks.tasks_resident)
         if tasks is not None:  # counted before they are decoded: what they will hold, and what is held meanwhile
@@ -357,6 +366,8 @@ class SessionLoader:
                 self._decode_tasks(ref, entry, tasks, on_disk), name=f"decode tasks {ref.tail}")
             self._decodes.add(entry.tasks_decoding)
             entry.tasks_decoding.add_done_callback(self._decodes.discard)
+            # retrieved here: a failed spill (LocalTasksUnreadable) nobody waited for logs no asyncio warning
+            entry.tasks_decoding.add_done_callback(lambda t: t.cancelled() or t.exception())
         self.cache.put(ref, entry)
         self._failures.pop(ref, None)
         self._listed.pop(ref, None)
@@ -384,22 +395,40 @@ class SessionLoader:
         """In the background, right after the load: a worker thread decodes, a chunk at a time, while the
         event loop and the head's answers go on; or, for a session larger than the replica should hold, writes
         them to local disk (disk_tasks.spill_tasks). Then the entry counts what it really holds."""
-        snapshot = entry.snapshot
+        snapshot, loop = entry.snapshot, asyncio.get_running_loop()
         if on_disk:
             def fill() -> None:
                 spill_tasks(tasks, snapshot, self.disk.directory, self.disk.cache_chunks)
         else:
             def fill() -> None:
                 tasks.decode(snapshot)
-        entry.tasks_unreadable = not await asyncio.to_thread(fill_or_mark_corrupt, snapshot, entry.snapshot_key, fill)
-        nbytes = await asyncio.to_thread(measure_bytes, snapshot)
+        try:
+            entry.tasks_unreadable = not await asyncio.to_thread(
+                fill_or_mark_corrupt, snapshot, entry.snapshot_key, fill)
+        except LocalTasksUnreadable as exc:  # the replica's disk, not the session: 503 and a backoff
+            self._local_disk_failed(loop, ref, entry, exc)
+            raise
+        nbytes = await asyncio.to_thread(resident_bytes, snapshot)
         if isinstance(snapshot.tasks, DiskTasks):
-            nbytes += snapshot.tasks.resident_bound
+            held = weakref.ref(entry)  # not the entry itself: the file would wait for the GC to break the cycle
+            snapshot.tasks.on_unreadable = lambda: self._local_disk_failed(loop, ref, held(), "a task chunk is unreadable")
             log.info("session tasks on local disk", extra={"session": ref.tail, "tasks": len(snapshot.tasks),
                                                            "resident_bytes": nbytes})
         if self.cache.peek(ref) is entry:
             entry.nbytes = nbytes
             self.cache.put(ref, entry)
+
+    def _local_disk_failed(self, loop: asyncio.AbstractEventLoop, ref: SessionRef, entry: CacheEntry | None,
+                           error: object) -> None:
+        """The entry's local task file failed: dropped, so that a load after the backoff writes a new one.
+        Called from worker threads too (a chunk read): the event loop does the rest."""
+        def drop() -> None:
+            if entry is not None and self.cache.peek(ref) is entry:
+                self.cache.discard(ref)
+                self._remember_failure(ref, f"local task file: {error}")
+                log.error("session tasks on local disk unreadable; dropped", extra={"session": ref.tail,
+                                                                                   "error": str(error)})
+        loop.call_soon_threadsafe(drop)
 
     async def close(self) -> None:
         """Cancel the loads and task decodes still running (server shutdown) and wait for them to end."""

@@ -330,12 +330,14 @@ class TaskSection:
 
 
 def fill_or_mark_corrupt(snapshot: Snapshot, key: str, fill: Any) -> bool:
-    """fill(), which sets the snapshot's tasks; if it raises, the snapshot is left without tasks and
-    incomplete, with `key` marked corrupt (TaskSection.fill). Returns whether fill() succeeded."""
+    """fill(), which sets the snapshot's tasks; if it raises SnapshotFormatError, the snapshot is left without
+    tasks and incomplete, with `key` marked corrupt (TaskSection.fill). Returns whether fill() succeeded.
+    Anything else fill() raises (a local disk that fails, disk_tasks.LocalTasksUnreadable) is no fault of the
+    stored snapshot's and goes to the caller."""
     try:
         fill()
         return True
-    except Exception as exc:  # noqa: BLE001 - past the CRC check only a writer's bug gets here
+    except SnapshotFormatError as exc:  # past the CRC check only a writer's bug gets here
         snapshot.tasks, snapshot.job_tasks = [], {}
         snapshot.objects_corrupt = [*snapshot.objects_corrupt, ObjectProblem(key, f"{type(exc).__name__}: {exc}")]
         snapshot.complete = False

@@ -35,6 +35,7 @@ from rayhistory.store import ObjectInfo, ObjectNotFound, Store
 
 from . import logs
 from .cache import measure_bytes
+from .disk_tasks import DiskTasks
 from .parallel_build import ParallelBuild, fold_in_workers
 from .snapshot import SnapshotBuilder
 from .snapshot_model import (
@@ -58,9 +59,18 @@ _envelope_decoder = msgspec.msgpack.Decoder(StoredSnapshot)
 
 
 def encode_stored(snapshot: Snapshot, manifest: dict[str, int], writer: str) -> bytes:
-    tasks_resident = measure_bytes((snapshot.strings, snapshot.tasks, snapshot.job_tasks))
+    tasks_resident = tasks_resident_bytes(snapshot)
     return msgspec.msgpack.encode(StoredSnapshot(manifest, layout.now_ms(), writer,
                                                  encode_snapshot(snapshot, tasks_resident)))
+
+
+def tasks_resident_bytes(snapshot: Snapshot) -> int:
+    """What the snapshot's string table, tasks and per-job index hold decoded in memory (for tasks on disk:
+    would hold), as a stored snapshot records it for its readers (DiskSpill.applies)."""
+    tasks = snapshot.tasks
+    if isinstance(tasks, DiskTasks):
+        return measure_bytes((snapshot.strings, snapshot.job_tasks)) + tasks.in_memory_bytes
+    return measure_bytes((snapshot.strings, tasks, snapshot.job_tasks))
 
 
 def decode_stored(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> tuple[Snapshot, dict[str, int]]:

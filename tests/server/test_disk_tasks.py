@@ -7,6 +7,7 @@ chunk LRU holds fewer chunks than a page reads), must give the same bytes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import zlib
 
@@ -214,3 +215,52 @@ async def test_a_session_built_from_raw_above_the_bound_is_served_from_what_it_w
             assert state.loader.progress(ref).source == "raw" and entry.snapshot_key
             assert isinstance(entry.snapshot.tasks, DiskTasks) == (name == "disk")
     assert answers[0] == answers[1]
+
+
+def test_a_task_list_from_disk_is_bounded_as_the_other_whole_answers(encoded, tmp_path, monkeypatch):
+    from rayhistory.server import api_tasks
+
+    monkeypatch.setattr(api_tasks, "ON_DISK_WHOLE_ANSWER_MAX_TASKS", 10)
+    disk = _on_disk(encoded, tmp_path)
+    for query in ({"limit": "11"}, {"limit": "11", "filter_keys": "state", "filter_predicates": "!=",
+                                    "filter_values": "NIL"}):
+        status, body = _answer(disk, "/api/v0/tasks", query)
+        assert status == 400 and "A task list of 11 tasks" in body["msg"], query
+        assert _answer(disk, "/api/v0/tasks", {**query, "limit": "10"})[0] == 200
+
+
+def test_a_snapshot_written_from_tasks_on_disk_records_what_they_hold_in_memory(encoded, tmp_path):
+    from rayhistory.server.snapshot_store import tasks_resident_bytes
+
+    in_memory = tasks_resident_bytes(decode_snapshot(encoded))
+    on_disk = tasks_resident_bytes(_on_disk(encoded, tmp_path))
+    assert in_memory * 0.8 < on_disk < in_memory * 2  # so that its readers decide on disk as its first did
+
+
+async def test_a_local_disk_that_fails_is_a_503_not_a_session_without_tasks(store, tmp_path, monkeypatch):  # noqa: F811
+    """A spill dir that is gone (or full) is the replica's failure, not the stored snapshot's: 503 with
+    Retry-After, the snapshot not marked corrupt, and the entry dropped so that a later load spills anew;
+    a chunk that fails its CRC later does the same."""
+    monkeypatch.setattr(snapshot_model, "TASK_CHUNK", CHUNK)
+    ref = await write_fixture_session(store)
+    async with running_server(store) as (client, _, state):  # compacts it
+        assert (await client.get(f"/s/{ref.tail}/api/v0/tasks")).status == 200
+    async with running_server(store, tasks_on_disk_above_bytes=1, task_spill_dir=str(tmp_path / "gone"),
+                              disk_task_chunks=1) as (client, _, state):
+        resp = await client.get(f"/s/{ref.tail}/api/v0/tasks")
+        assert resp.status == 503 and resp.headers["Retry-After"], await resp.text()
+        assert "local task file" in (await resp.json())["msg"]
+        await asyncio.sleep(0.05)  # the drop runs on the event loop
+        assert state.cache.peek(ref) is None and state.loader.backoff(ref) is not None
+    async with running_server(store, tasks_on_disk_above_bytes=1, task_spill_dir=str(tmp_path),
+                              disk_task_chunks=1) as (client, _, state):
+        assert (await client.get(f"/s/{ref.tail}/api/v0/tasks?limit=1")).status == 200
+        tasks = state.cache.peek(ref).snapshot.tasks
+        last_id, _ = tasks[len(tasks) - 1].task_id, tasks[0]  # the LRU of one chunk holds the first again
+        offset, length, _ = tasks._spans[-1]
+        os.pwrite(tasks._fd, b"\0" * 8, offset + length // 2)
+        resp = await client.get(f"/s/{ref.tail}/api/v0/tasks?filter_keys=task_id&filter_predicates=%3D"
+                                f"&filter_values={last_id}")
+        assert resp.status == 503 and "fails its CRC32" in (await resp.json())["msg"]
+        await asyncio.sleep(0.05)
+        assert state.cache.peek(ref) is None and state.loader.backoff(ref) is not None
