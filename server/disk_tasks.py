@@ -77,6 +77,7 @@ class DiskTasks(Sequence):
         self._lock = threading.Lock()
         self.chunk_bytes = chunk_bytes  # the resident bytes of a decoded chunk (the largest measured at the spill)
         self.on_unreadable: Callable[[], None] | None = None  # told when the file fails (the loader drops the entry)
+        self.on_read: Callable[[], None] | None = None  # told of every chunk read back (a metric)
 
     @property
     def resident_bound(self) -> int:
@@ -99,6 +100,8 @@ class DiskTasks(Sequence):
             raise self._unreadable(f"task chunk {index} of the local task file: {exc}") from exc
         if len(part) != length or zlib.crc32(part) != crc:
             raise self._unreadable(f"task chunk {index} of the local task file fails its CRC32")
+        if self.on_read is not None:
+            self.on_read()
         return decode_task_chunk(zlib_inflate(part, self._limits))
 
     def _unreadable(self, reason: str) -> LocalTasksUnreadable:

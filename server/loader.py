@@ -406,10 +406,13 @@ class SessionLoader:
             entry.tasks_unreadable = not await asyncio.to_thread(
                 fill_or_mark_corrupt, snapshot, entry.snapshot_key, fill)
         except LocalTasksUnreadable as exc:  # the replica's disk, not the session: 503 and a backoff
+            self.metrics.task_spills.labels(result="failed").inc()
             self._local_disk_failed(loop, ref, entry, exc)
             raise
         nbytes = await asyncio.to_thread(resident_bytes, snapshot)
         if isinstance(snapshot.tasks, DiskTasks):
+            self.metrics.task_spills.labels(result="ok").inc()
+            snapshot.tasks.on_read = self.metrics.disk_task_chunk_reads.inc
             held = weakref.ref(entry)  # not the entry itself: the file would wait for the GC to break the cycle
             snapshot.tasks.on_unreadable = lambda: self._local_disk_failed(loop, ref, held(), "a task chunk is unreadable")
             log.info("session tasks on local disk", extra={"session": ref.tail, "tasks": len(snapshot.tasks),

@@ -37,6 +37,14 @@ class ServerMetrics:
         self.cache_evictions = Counter("rayhistory_cache_evictions", "Snapshots evicted from the LRU", registry=r)
         self.cache_bytes = Gauge("rayhistory_cache_bytes", "Measured bytes of the cached snapshots", registry=r)
         self.cache_sessions = Gauge("rayhistory_cache_sessions", "Snapshots in the LRU", registry=r)
+        self.task_spills = Counter(
+            "rayhistory_task_spills", "Sessions whose tasks were written to local disk (too large to keep in "
+            "memory), by result", ["result"], registry=r,
+        )
+        self.disk_task_chunk_reads = Counter(
+            "rayhistory_disk_task_chunk_reads", "Chunks of tasks read back from local disk (misses of their LRU)",
+            registry=r,
+        )
         self.requests = Counter(
             "rayhistory_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r,
         )

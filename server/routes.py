@@ -45,6 +45,7 @@ from . import api, api_captured, logs
 from .auth import VISIBLE_KEY
 from .cache import CacheEntry
 from .api_tasks import failed_task_count
+from .disk_tasks import DiskTasks
 from .loader import LoadTimeout, LoadUnavailable, SessionNotFound
 from .ui import SESSION_PREFIX, session_base, session_ref
 
@@ -440,6 +441,8 @@ class Routes:
                 body["loaded_at_ms"] = int(time.time() * 1000 - (time.monotonic() - entry.loaded_at) * 1000)
                 body["reload_s"] = loader.live_refresh_s
             body["tasks"] = entry.task_count
+            body["tasks_ready"] = entry.tasks_decoded  # the task pages answer (decoded, or on local disk)
+            body["tasks_on_disk"] = isinstance(entry.snapshot.tasks, DiskTasks)
             body["snapshot_key"] = entry.snapshot_key
             body["resident_bytes"] = entry.nbytes
             body["stored_bytes"] = entry.stored_bytes

@@ -178,6 +178,11 @@ async def test_a_session_above_the_bound_is_served_from_local_disk(store, tmp_pa
                 assert await resp.read() == answers[path], path
         entry = state.cache.peek(ref)
         assert entry.tasks_decoded and isinstance(entry.snapshot.tasks, DiskTasks)
+        status = await (await client.get(f"{base}/rayhistory/status")).json()
+        assert status["tasks_on_disk"] and status["tasks_ready"]
+        registry = state.metrics.registry
+        assert registry.get_sample_value("rayhistory_task_spills_total", {"result": "ok"}) == 1
+        assert registry.get_sample_value("rayhistory_disk_task_chunk_reads_total") >= 1
         assert os.listdir(spill_dir) == []  # the file was unlinked at once
         assert entry.nbytes < in_memory.nbytes
 
@@ -250,6 +255,7 @@ async def test_a_local_disk_that_fails_is_a_503_not_a_session_without_tasks(stor
         resp = await client.get(f"/s/{ref.tail}/api/v0/tasks")
         assert resp.status == 503 and resp.headers["Retry-After"], await resp.text()
         assert "local task file" in (await resp.json())["msg"]
+        assert state.metrics.registry.get_sample_value("rayhistory_task_spills_total", {"result": "failed"}) == 1
         await asyncio.sleep(0.05)  # the drop runs on the event loop
         assert state.cache.peek(ref) is None and state.loader.backoff(ref) is not None
     async with running_server(store, tasks_on_disk_above_bytes=1, task_spill_dir=str(tmp_path),
