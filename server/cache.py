@@ -157,7 +157,10 @@ class CacheEntry:
 
     @property
     def tasks_decoded(self) -> bool:
-        return self.tasks_decoding is None or self.tasks_decoding.done()
+        """The task fields are there: no decode, or one that finished without raising (a failed one is
+        awaited again by SessionLoader.tasks_decoded, which raises its error to every request)."""
+        decoding = self.tasks_decoding
+        return decoding is None or (decoding.done() and not decoding.cancelled() and decoding.exception() is None)
 
     @property
     def head(self) -> Any:

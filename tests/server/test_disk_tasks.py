@@ -258,6 +258,14 @@ async def test_a_local_disk_that_fails_is_a_503_not_a_session_without_tasks(stor
         assert state.metrics.registry.get_sample_value("rayhistory_task_spills_total", {"result": "failed"}) == 1
         await asyncio.sleep(0.05)  # the drop runs on the event loop
         assert state.cache.peek(ref) is None and state.loader.backoff(ref) is not None
+    async with running_server(store, tasks_on_disk_above_bytes=1, task_spill_dir=str(tmp_path / "gone"),
+                              disk_task_chunks=1) as (client, _, state):
+        # a request that comes to the entry after its spill failed gets the failure too, not the undecoded tasks
+        entry = await state.loader.get(ref, tasks=False)
+        await asyncio.wait([entry.tasks_decoding])
+        assert not entry.tasks_decoded
+        with pytest.raises(LocalTasksUnreadable):
+            await state.loader.tasks_decoded(entry)
     async with running_server(store, tasks_on_disk_above_bytes=1, task_spill_dir=str(tmp_path),
                               disk_task_chunks=1) as (client, _, state):
         assert (await client.get(f"/s/{ref.tail}/api/v0/tasks?limit=1")).status == 200
