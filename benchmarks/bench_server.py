@@ -1,6 +1,6 @@
 """History server figures: session loads, resident bytes, HTTP latency, the session list.
 
-Run: make bench-server  (or .venv/bin/python -m benchmarks.bench_server [--tasks 10000,100000] [--sessions 10000])
+Run: make bench-server  (or .venv/bin/python -m benchmarks.bench_server [--tasks 10000,100000] [--sessions 100000])
 Results: bench-results/server.json.
 
 For each session size: a synthetic session (benchmarks/synthetic.py, shaped like the fixture) is written to
@@ -226,7 +226,8 @@ async def run(sizes: list[int], n_sessions: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="10000,100000", help="comma-separated session sizes (tasks)")
-    parser.add_argument("--sessions", type=int, default=10_000, help="sessions in the index for /clusters (0: skip)")
+    parser.add_argument("--sessions", type=int, default=100_000,
+                        help="sessions in the index for /clusters (issue 15: 100k; 0: skip)")
     parser.add_argument("--rss-probe", nargs=4, metavar=("STORE", "NAMESPACE", "CLUSTER", "SESSION"),
                         help="internal: measure one load from the compacted snapshot in this fresh process")
     args = parser.parse_args()
