@@ -113,24 +113,33 @@ def task_id_range(tasks: Sequence[Task], task_id: str) -> tuple[int, int]:
     return bisect_left(tasks, task_id, lo, hi, key=key), bisect_right(tasks, task_id, lo, hi, key=key)
 
 
+def _on_disk(tasks: Sequence[Task]) -> tuple[DiskTasks, Sequence[int]] | None:
+    """(the tasks on disk, the positions among them) of a snapshot's tasks on disk or a _Subset of them."""
+    if isinstance(tasks, DiskTasks):
+        return tasks, range(len(tasks))
+    if isinstance(tasks, _Subset) and isinstance(tasks.tasks, DiskTasks):
+        return tasks.tasks, tasks.positions
+    return None
+
+
 def _states(tasks: Sequence[Task]) -> Iterator[int]:
     """Task.state of each of the tasks; for tasks on disk from their state column, without decoding them."""
-    if isinstance(tasks, DiskTasks):
-        return iter(tasks.states)
-    if isinstance(tasks, _Subset) and isinstance(tasks.tasks, DiskTasks):
-        return map(tasks.tasks.states.__getitem__, tasks.positions)
-    return map(attrgetter("state"), tasks)
+    on_disk = _on_disk(tasks)
+    if on_disk is None:
+        return map(attrgetter("state"), tasks)
+    disk, positions = on_disk
+    return iter(disk.states) if tasks is disk else map(disk.states.__getitem__, positions)
 
 
 def _without_drivers(s: Snapshot, tasks: Sequence[Task]) -> Sequence[Task]:
     """The filter type != DRIVER_TASK; for tasks on disk from the positions of their driver attempts, kept
     apart at the spill (disk_tasks.spill_tasks matches the type as the filter does)."""
-    disk = tasks if isinstance(tasks, DiskTasks) else tasks.tasks if isinstance(tasks, _Subset) else None
-    if not isinstance(disk, DiskTasks):
+    on_disk = _on_disk(tasks)
+    if on_disk is None:
         return _narrow(s, tasks, Filter("type", False, "DRIVER_TASK"))
+    disk, positions = on_disk
     if not disk.driver_positions:
         return tasks
-    positions = range(len(disk)) if tasks is disk else tasks.positions
     return _kept(tasks, map(not_, map(disk.driver_positions.__contains__, positions)))
 
 
@@ -157,11 +166,11 @@ def failed_task_count(tasks: Sequence[Task]) -> int:
 def _kept(tasks: Sequence[Task], matches: Iterable[bool]) -> Sequence[Task]:
     """The tasks whose `matches` is true: a list; for tasks on disk their positions (a _Subset), so that a
     filter that keeps millions of them holds no decoded task."""
-    if isinstance(tasks, DiskTasks):
-        return _Subset(tasks, array("I", compress(range(len(tasks)), matches)))
-    if isinstance(tasks, _Subset) and isinstance(tasks.tasks, DiskTasks):
-        return _Subset(tasks.tasks, array("I", compress(tasks.positions, matches)))
-    return list(compress(tasks, matches))
+    on_disk = _on_disk(tasks)
+    if on_disk is None:
+        return list(compress(tasks, matches))
+    disk, positions = on_disk
+    return _Subset(disk, array("I", compress(positions, matches)))
 
 
 def _check_id_filters(filters: list[Filter]) -> None:

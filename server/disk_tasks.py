@@ -136,22 +136,22 @@ class DiskTasks(Sequence):
         """Every task, a chunk at a time; a chunk not in the LRU is decoded without entering it, so that a
         scan (a summary, a filter no column answers) does not push out the chunks the pages read."""
         for index in range(len(self._spans)):
-            with self._lock:
-                tasks = self._cache.get(index)
-            yield from tasks if tasks is not None else self._read(index)
+            yield from self._past_lru(index)
+
+    def _past_lru(self, index: int) -> list[Task]:
+        """A chunk from the LRU if it is there, else read without entering it (a scan's read)."""
+        with self._lock:
+            tasks = self._cache.get(index)
+        return tasks if tasks is not None else self._read(index)
 
     def at(self, positions: Iterable[int]) -> Iterator[Task]:
         """The tasks at `positions` (ascending reads each chunk once), as __iter__ reads them: past the LRU."""
-        index, tasks, start, end = -1, [], 0, 0
+        tasks, start, end = [], 0, 0
         starts = self._starts
         for p in positions:
             if not start <= p < end:
                 index = bisect_right(starts, p) - 1
-                with self._lock:
-                    tasks = self._cache.get(index)
-                if tasks is None:
-                    tasks = self._read(index)
-                start, end = starts[index], starts[index + 1]
+                tasks, start, end = self._past_lru(index), starts[index], starts[index + 1]
             yield tasks[p - start]
 
     def id_bounds(self, task_id: str) -> tuple[int, int]:
