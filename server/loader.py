@@ -431,7 +431,8 @@ class SessionLoader:
                 self._remember_failure(ref, f"local task file: {error}")
                 log.error("session tasks on local disk unreadable; dropped", extra={"session": ref.tail,
                                                                                    "error": str(error)})
-        loop.call_soon_threadsafe(drop)
+        if not loop.is_closed():  # a read still running after the server stopped: nothing left to drop
+            loop.call_soon_threadsafe(drop)
 
     async def close(self) -> None:
         """Cancel the loads and task decodes still running (server shutdown) and wait for them to end."""

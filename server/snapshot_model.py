@@ -329,7 +329,7 @@ class TaskSection:
         return fill_or_mark_corrupt(snapshot, key, lambda: self.decode(snapshot))
 
 
-def fill_or_mark_corrupt(snapshot: Snapshot, key: str, fill: Any) -> bool:
+def fill_or_mark_corrupt(snapshot: Snapshot, key: str, fill: Callable[[], None]) -> bool:
     """fill(), which sets the snapshot's tasks; if it raises SnapshotFormatError, the snapshot is left without
     tasks and incomplete, with `key` marked corrupt (TaskSection.fill). Returns whether fill() succeeded.
     Anything else fill() raises (a local disk that fails, disk_tasks.LocalTasksUnreadable) is no fault of the
