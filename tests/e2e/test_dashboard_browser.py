@@ -334,3 +334,26 @@ async def test_picker_groups_by_cluster_keeps_filters_in_the_url_and_shows_failu
             await page.goto(session_url(base, stuck) + "#/jobs")
             await page.locator("#rayhistory-banner .rh-badge.stale").wait_for()
             await shot(page, "20-banner-stale")
+
+
+async def test_a_session_whose_tasks_are_on_local_disk_shows_its_tasks_and_timeline(browser, tmp_path):
+    """A replica whose bound the session exceeds (tasks_on_disk_above_bytes=1) builds it from raw, then serves
+    it from the snapshot it wrote with the tasks on local disk (server/disk_tasks.py): the job's task table
+    finds the failed task, and the timeline downloads, as from memory."""
+    store_url = f"file://{tmp_path / 'store'}"
+    ref = await write_fixture_session(Store(store_url), fixture_ref("ray", "demo"))
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    async with running_server(store_url, tasks_on_disk_above_bytes=1, task_spill_dir=str(spill_dir)) as base:
+        page = await browser.new_page()
+        async with screenshot_on_failure(page, "tasks-on-disk"):
+            await page.goto(session_url(base, ref) + "#/jobs/01000000")
+            await show_failed_task(page, "boom")
+            await shot(page, "20-tasks-on-disk-job-failed-task")
+            async with page.expect_download() as download_info:
+                await page.get_by_text("Download trace file").first.click()
+            trace_path = tmp_path / "timeline.json"
+            await (await download_info.value).save_as(trace_path)
+            assert {"__main__.square", "__main__.boom"} <= {e.get("name") for e in json.loads(trace_path.read_text())}
+        status = await page.request.get(session_url(base, ref) + "rayhistory/status")
+        assert (await status.json())["tasks_on_disk"] is True
