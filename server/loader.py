@@ -27,6 +27,7 @@ import logging
 import math
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rayhistory.compression import DEFAULT_LIMITS, InflateLimits
@@ -407,26 +408,31 @@ class SessionLoader:
                 fill_or_mark_corrupt, snapshot, entry.snapshot_key, fill)
         except LocalTasksUnreadable as exc:  # the replica's disk, not the session: 503 and a backoff
             self.metrics.task_spills.labels(result="failed").inc()
-            self._local_disk_failed(loop, ref, entry, exc)
+            self._local_disk_failed(loop, ref, lambda cached: cached is entry, exc)
             raise
         nbytes = await asyncio.to_thread(resident_bytes, snapshot)
         if isinstance(snapshot.tasks, DiskTasks):
             self.metrics.task_spills.labels(result="ok").inc()
             snapshot.tasks.on_read = self.metrics.disk_task_chunk_reads.inc
-            held = weakref.ref(entry)  # not the entry itself: the file would wait for the GC to break the cycle
-            snapshot.tasks.on_unreadable = lambda: self._local_disk_failed(loop, ref, held(), "a task chunk is unreadable")
+            # whichever entry holds these tasks then (a refresh of an unchanged session keeps them); by a weak
+            # reference, or the file would wait for the GC to break the cycle
+            held = weakref.ref(snapshot.tasks)
+            snapshot.tasks.on_unreadable = lambda: self._local_disk_failed(
+                loop, ref, lambda cached: cached.snapshot.tasks is held(), "a task chunk is unreadable")
             log.info("session tasks on local disk", extra={"session": ref.tail, "tasks": len(snapshot.tasks),
                                                            "resident_bytes": nbytes})
         if self.cache.peek(ref) is entry:
             entry.nbytes = nbytes
             self.cache.put(ref, entry)
 
-    def _local_disk_failed(self, loop: asyncio.AbstractEventLoop, ref: SessionRef, entry: CacheEntry | None,
-                           error: object) -> None:
-        """The entry's local task file failed: dropped, so that a load after the backoff writes a new one.
-        Called from worker threads too (a chunk read): the event loop does the rest."""
+    def _local_disk_failed(self, loop: asyncio.AbstractEventLoop, ref: SessionRef,
+                           holds: Callable[[CacheEntry], bool], error: object) -> None:
+        """The local task file of the cached entry that `holds` says failed: the entry is dropped, so that a
+        load after the backoff writes a new one. Called from worker threads too (a chunk read): the event
+        loop does the rest."""
         def drop() -> None:
-            if entry is not None and self.cache.peek(ref) is entry:
+            cached = self.cache.peek(ref)
+            if cached is not None and holds(cached):
                 self.cache.discard(ref)
                 self._remember_failure(ref, f"local task file: {error}")
                 log.error("session tasks on local disk unreadable; dropped", extra={"session": ref.tail,

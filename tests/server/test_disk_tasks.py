@@ -269,7 +269,11 @@ async def test_a_local_disk_that_fails_is_a_503_not_a_session_without_tasks(stor
     async with running_server(store, tasks_on_disk_above_bytes=1, task_spill_dir=str(tmp_path),
                               disk_task_chunks=1) as (client, _, state):
         assert (await client.get(f"/s/{ref.tail}/api/v0/tasks?limit=1")).status == 200
-        tasks = state.cache.peek(ref).snapshot.tasks
+        spilled = state.cache.peek(ref)
+        # a pre-warm of the unchanged session makes a new entry that keeps the tasks on disk it had
+        refreshed = await state.loader.refresh(ref)
+        assert refreshed is not spilled and refreshed.snapshot.tasks is spilled.snapshot.tasks
+        tasks = refreshed.snapshot.tasks
         last_id, _ = tasks[len(tasks) - 1].task_id, tasks[0]  # the LRU of one chunk holds the first again
         offset, length, _ = tasks._spans[-1]
         os.pwrite(tasks._fd, b"\0" * 8, offset + length // 2)
