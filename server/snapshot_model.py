@@ -321,18 +321,12 @@ class TaskSection:
         _share_worker_ints(tasks)
         snapshot.tasks, snapshot.job_tasks = tasks, job_tasks
 
-    def fill(self, snapshot: Snapshot, key: str) -> bool:
-        """decode, except that a section that does not decode leaves the snapshot without tasks and
-        incomplete, with `key` (the stored snapshot's) marked corrupt, instead of failing the session.
-        Returns whether the tasks decoded: a snapshot they did not is answered, never built on (its tasks
-        would be lost from every snapshot written after it)."""
-        return fill_or_mark_corrupt(snapshot, key, lambda: self.decode(snapshot))
-
 
 def fill_or_mark_corrupt(snapshot: Snapshot, key: str, fill: Callable[[], None]) -> bool:
     """fill(), which sets the snapshot's tasks; if it raises SnapshotFormatError, the snapshot is left without
-    tasks and incomplete, with `key` marked corrupt (TaskSection.fill). Returns whether fill() succeeded.
-    Anything else fill() raises (a local disk that fails, disk_tasks.LocalTasksUnreadable) is no fault of the
+    tasks and incomplete, with `key` marked corrupt, instead of failing the session: a snapshot whose tasks do
+    not decode is answered, never built on (its tasks would be lost from every snapshot written after it).
+    Returns whether fill() succeeded. Anything else fill() raises (a local disk that fails, disk_tasks.LocalTasksUnreadable) is no fault of the
     stored snapshot's and goes to the caller."""
     try:
         fill()

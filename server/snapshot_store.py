@@ -82,7 +82,7 @@ def decode_stored(data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS) -> tuple
 def decode_stored_head(
     data: bytes, limits: InflateLimits = SNAPSHOT_LIMITS,
 ) -> tuple[Snapshot, dict[str, int], TaskSection]:
-    """The snapshot without its task fields, its manifest, and its task section (TaskSection.fill); raises
+    """The snapshot without its task fields, its manifest, and its task section (TaskSection.decode, disk_tasks.spill_tasks); raises
     as decode_stored."""
     envelope = _envelope_decoder.decode(data)
     snapshot, tasks = decode_head(envelope.snapshot, limits)
@@ -161,7 +161,7 @@ class BuildResult:
     snapshot_key: str  # the stored snapshot read or written ("" if none)
     wrote: bool
     source: str
-    tasks: TaskSection | None = None  # the snapshot's task fields, still to decode (TaskSection.fill)
+    tasks: TaskSection | None = None  # the snapshot's task fields, still to decode (TaskSection.decode, disk_tasks.spill_tasks)
 
 
 async def list_session(store: Store, ref: SessionRef) -> SessionObjects:

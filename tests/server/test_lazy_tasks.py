@@ -13,7 +13,7 @@ import pytest
 from rayhistory.server import api
 from rayhistory.server.snapshot_model import (
     _MAGIC, NOT_DECODED, FORMAT_VERSION, SnapshotFormatError, TaskSection, TasksNotDecoded, _Sections,
-    decode_head, decode_snapshot, encode_snapshot,
+    decode_head, decode_snapshot, encode_snapshot, fill_or_mark_corrupt,
 )
 from tests.server.fixture_store import running_server, write_fixture_session
 from tests.server.test_ground_truth import build_fixture_snapshot
@@ -72,7 +72,7 @@ def test_a_task_section_that_does_not_decode_marks_the_snapshot_incomplete():
     bad = _resealed(data, lambda parts: parts.tasks.__setitem__(0, zlib.compress(b"\xc1 not msgpack")))
     head, tasks = decode_head(bad)
     assert head.complete and head.tasks is NOT_DECODED
-    tasks.fill(head, "snapshots/v4/x.snap")
+    assert not fill_or_mark_corrupt(head, "snapshots/v4/x.snap", lambda: tasks.decode(head))
     assert not head.complete and head.tasks == [] and head.job_tasks == {}
     assert [p.key for p in head.objects_corrupt] == ["snapshots/v4/x.snap"]
     assert "task section" in head.objects_corrupt[0].reason
