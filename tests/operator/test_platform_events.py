@@ -258,7 +258,7 @@ class BrokenStore(Store):
     """A RayHistory's storage that refuses everything (revoked credentials): the one stand-in here, since
     what is tested is the recorder's isolation of one cluster's failure, not a storage protocol."""
 
-    async def list(self, prefix: str):
+    async def list(self, prefix: str, timeout_s=None):
         raise PermissionError("credentials revoked")
 
     async def put(self, key: str, data: bytes) -> None:

@@ -31,12 +31,12 @@ class FailingStore(Store):
     fail = True
     lists = 0
 
-    async def list(self, prefix):
+    async def list(self, prefix, timeout_s=None):
         if "/sessions/" in prefix:  # the session's own objects (layout.session_prefix), not the index
             type(self).lists += 1
             if self.fail:
                 raise RuntimeError("the listing came back mangled")
-        return await super().list(prefix)
+        return await super().list(prefix, timeout_s)
 
 
 async def test_a_failed_load_is_remembered_with_exponential_backoff(store):
