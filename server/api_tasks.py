@@ -157,10 +157,10 @@ def check_whole_answer(s: Snapshot, count: int, what: str) -> None:
                             f"{ON_DISK_WHOLE_ANSWER_MAX_TASKS:,}: filter by job_id, state or name, or ask for fewer")
 
 
-def failed_task_count(tasks: Sequence[Task]) -> int:
-    if isinstance(tasks, DiskTasks):
-        return tasks.states.count(FAILED)
-    return sum(1 for t in tasks if t.state == FAILED)
+def failed_task_count(s: Snapshot) -> int:
+    """The FAILED tasks the task list shows, chosen as it chooses them: driver attempts left out (Ray's
+    exclude_driver default; a failed job's driver counts among the failed jobs), unlisted attempts too."""
+    return len(select_tasks(s, [Filter("state", True, "FAILED")], exclude_driver=True)[0])
 
 
 def _kept(tasks: Sequence[Task], matches: Iterable[bool]) -> Sequence[Task]:

@@ -228,7 +228,7 @@ def failure_counts(entry: CacheEntry) -> tuple[int, int] | None:
         return cached
     try:
         imported = api_captured.failed_tasks(entry.snapshot)  # an import has the task list, not the tasks
-        failed_tasks = imported if imported is not None else failed_task_count(entry.snapshot.tasks)
+        failed_tasks = imported if imported is not None else failed_task_count(entry.snapshot)
         failed_jobs = sum(1 for j in api.jobs(entry.snapshot, {})[1] if j.get("status") == "FAILED")
     except Exception:  # noqa: BLE001 - a count is a nicety of the picker, never a failed list
         log.exception("counting a session's failures failed")

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from rayhistory.server import api, snapshot_model
+from rayhistory.server.api_tasks import failed_task_count
 from rayhistory.server.disk_tasks import DiskSpill, DiskTasks, LocalTasksUnreadable, spill_tasks
 from rayhistory.server.snapshot_model import (
     SnapshotFormatError, decode_head, decode_snapshot, encode_snapshot, fill_or_mark_corrupt,
@@ -106,6 +107,22 @@ def test_every_route_answers_from_disk_as_from_memory(encoded, tmp_path):
     assert full.unlisted and any(t.attempt for t in full.tasks)
     for pattern, query in _queries(full):
         assert _answer(disk, pattern, query) == _answer(full, pattern, query), (pattern, query)
+
+
+def test_the_session_lists_failure_count_is_the_task_lists_from_disk_as_from_memory(tmp_path, monkeypatch):
+    """/clusters' failed_tasks counts what the task list shows FAILED, whichever holds the tasks: drivers
+    left out (a dead session's unfinished drivers end FAILED; they count among its failed jobs)."""
+    snapshot = _with_retries(build_fixture_snapshot())
+    tasks = [msgspec.structs.replace(t, state=snapshot_model.FAILED) if snapshot.strings[t.type] == "DRIVER_TASK"
+             else t for t in snapshot.tasks]
+    monkeypatch.setattr(snapshot_model, "TASK_CHUNK", CHUNK)
+    data = encode_snapshot(msgspec.structs.replace(snapshot, tasks=tasks))
+    full, disk = decode_snapshot(data), _on_disk(data, tmp_path)
+    _, listed = _answer(full, "/api/v0/tasks", {"detail": "1", "limit": "10000", "filter_keys": "state",
+                                                  "filter_predicates": "=", "filter_values": "FAILED"})
+    expected = msgspec.json.decode(listed)["data"]["result"]["total"]
+    assert sum(d.state == snapshot_model.FAILED for d in disk.tasks.drivers) == 6
+    assert failed_task_count(full) == failed_task_count(disk) == expected > 0
 
 
 def test_disk_tasks_index_slice_iterate_and_find_ids_as_a_list(encoded, tmp_path):
