@@ -6,6 +6,7 @@ without read-modify-write races. The layout is versioned by its first segment. S
 docs/storage-layout.md for a worked example.
 
     v1/index/{namespace}/{cluster}/{session}/{kind}-{unix_ms}-{writer}.json
+    v1/index-digests/{unix_ms}-{writer}.json.gz   (a server's copy of the index records it read: a cache)
     v1/sessions/{namespace}/{cluster}/{session}/events/{node_id}/{unix_ms}-{writer}-{seq}.jsonl.gz
     v1/sessions/{namespace}/{cluster}/{session}/logs/{node_id}/{relpath}/{generation}-{offset}.part
     v1/sessions/{namespace}/{cluster}/{session}/endpoints/{endpoint}/{unix_ms}-{writer}.json
@@ -169,6 +170,11 @@ def index_session_prefix(ref: SessionRef) -> str:
     return f"{LAYOUT_VERSION}/index/{ref.tail}/"
 
 
+def index_digests_prefix() -> str:
+    # beside the index, not in it: a listing of the index never returns a digest
+    return f"{LAYOUT_VERSION}/index-digests/"
+
+
 def session_prefix(ref: SessionRef) -> str:
     return f"{LAYOUT_VERSION}/sessions/{ref.tail}/"
 
@@ -204,6 +210,16 @@ def platform_events_prefix(ref: SessionRef) -> str:
 def index_record_key(ref: SessionRef, kind: IndexKind, writer: str, at_ms: int | None = None) -> str:
     check_writer(writer)
     return index_session_prefix(ref) + f"{IndexKind(kind).value}-{at_ms if at_ms is not None else now_ms():013d}-{writer}.json"
+
+
+def index_digest_key(writer: str, at_ms: int | None = None) -> str:
+    check_writer(writer)
+    return index_digests_prefix() + f"{at_ms if at_ms is not None else now_ms():013d}-{writer}.json.gz"
+
+
+def is_index_digest_key(key: str) -> bool:
+    prefix = index_digests_prefix()
+    return key.startswith(prefix) and _DIGEST_NAME_RE.fullmatch(key[len(prefix):]) is not None
 
 
 def event_batch_key(ref: SessionRef, node_id: str, writer: str, seq: int, at_ms: int | None = None) -> str:
@@ -273,6 +289,7 @@ class IndexRecordName:
 
 
 _INDEX_NAME_RE = re.compile(r"(live|flushed|dead)-(\d{13})-([A-Za-z0-9]{1,64})\.json", re.ASCII)
+_DIGEST_NAME_RE = re.compile(r"\d{13}-[A-Za-z0-9]{1,64}\.json\.gz", re.ASCII)
 _BATCH_NAME_RE = re.compile(r"(\d{13})-([A-Za-z0-9]{1,64})-(\d{8})\.jsonl\.gz", re.ASCII)
 _PART_NAME_RE = re.compile(r"(\d{6})-(\d{16})\.part", re.ASCII)
 

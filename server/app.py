@@ -32,6 +32,7 @@ from .loader import SessionLoader
 from .metrics import ServerMetrics
 from .parallel_build import ParallelBuild, usable_cores
 from .platform_events import PlatformEventsReader
+from .session_list import SessionDirectory
 
 if TYPE_CHECKING:
     from .main import Settings
@@ -44,7 +45,7 @@ class ServerState:
     settings: Settings
     store: Store
     index: SessionIndex
-    directory: routes.SessionDirectory
+    directory: SessionDirectory
     cache: SnapshotCache
     loader: SessionLoader
     metrics: ServerMetrics
@@ -71,7 +72,7 @@ class ServerState:
             disk=DiskSpill(settings.cache_max_bytes // 2 if settings.tasks_on_disk_above_bytes < 0
                            else settings.tasks_on_disk_above_bytes, settings.task_spill_dir, settings.disk_task_chunks),
         )
-        directory = routes.SessionDirectory(index, settings.index_refresh_interval)
+        directory = SessionDirectory(index, settings.index_refresh_interval)
         metrics.watch_store(store.stats)
         platform_events = PlatformEventsReader(store, settings.index_refresh_interval)
         return cls(settings, store, index, directory, cache, loader, metrics, writer, platform_events)
@@ -111,9 +112,7 @@ class ServerState:
         not only the loading page's script."""
         if self.cache.peek(ref) is not None:
             return ui.LoadState(ready=True)
-        key = (ref.namespace, ref.cluster, ref.session)
-        exists = self.loader.job(ref) is not None or any((s.namespace, s.cluster, s.session) == key
-                                                         for s in self.directory.sessions)
+        exists = self.loader.job(ref) is not None or self.directory.find(ref) is not None
         if not exists:
             exists = await self.index.session(ref) is not None
         if exists:
