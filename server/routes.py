@@ -20,9 +20,6 @@ the detail). The public port has a `GET /healthz` without detail (readiness). Se
 from __future__ import annotations
 
 import asyncio
-import base64
-import bisect
-import binascii
 import hmac
 import json
 import logging
@@ -37,8 +34,7 @@ import msgspec
 from aiohttp import web
 
 from rayhistory import layout
-from rayhistory.events import ts_ms
-from rayhistory.index import SessionIndex, SessionInfo, merge_records, session_last_activity_ms
+from rayhistory.index import SessionInfo, session_last_activity_ms
 from rayhistory.layout import SessionRef
 
 from . import api, api_captured, logs
@@ -47,6 +43,7 @@ from .cache import CacheEntry
 from .api_tasks import failed_task_count
 from .disk_tasks import DiskTasks
 from .loader import LoadTimeout, LoadUnavailable, SessionNotFound
+from .session_list import filter_sessions, sort_key
 from .ui import SESSION_PREFIX, session_base, session_ref
 
 if TYPE_CHECKING:
@@ -113,111 +110,21 @@ def completeness_headers(entry: CacheEntry) -> dict[str, str]:
     }
 
 
-# ---- the session list ----------------------------------------------------------------------------
-
-
-class SessionDirectory:
-    """Every session of the index, refreshed in the background (reads only new index records)."""
-
-    def __init__(self, index: SessionIndex, refresh_s: float):
-        self.index = index
-        self.refresh_s = refresh_s
-        self.sessions: list[SessionInfo] = []
-        self.refreshed_at = 0.0
-        self._lock = asyncio.Lock()
-
-    async def refresh(self) -> list[SessionInfo]:
-        async with self._lock:
-            records = await self.index.refresh()  # reads only records it has not seen
-            # folding 10,000s of records takes a while: off the event loop
-            sessions = await asyncio.to_thread(lambda: sorted(merge_records(records), key=_sort_key))
-            self.sessions = sessions
-            self.refreshed_at = time.monotonic()
-            return sessions
-
-    async def current(self) -> list[SessionInfo]:
-        """The list as of the last refresh; refreshed here only before the first background refresh, or
-        when the background refresher has fallen well behind."""
-        if not self.refreshed_at or time.monotonic() - self.refreshed_at > 2 * self.refresh_s + 5:
-            return await self.refresh()
-        return self.sessions
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:  # noqa: BLE001 - storage hiccup: keep the last list, try again later
-                log.exception("session index refresh failed")
-            await asyncio.sleep(self.refresh_s)
-
-
-def _sort_key(s: SessionInfo) -> tuple:
-    # newest first, then by name: the same order SessionIndex.sessions() returns
-    return (-s.start_ms, s.namespace, s.cluster, s.session)
-
-
-def encode_cursor(s: SessionInfo) -> str:
-    raw = json.dumps([s.start_ms, s.namespace, s.cluster, s.session], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple:
-    try:
-        start_ms, namespace, cluster, session = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return (-int(start_ms), str(namespace), str(cluster), str(session))
-    except (ValueError, TypeError, binascii.Error):
-        raise web.HTTPBadRequest(text=f"invalid cursor {cursor[:80]!r}: pass back next_cursor as it came") from None
-
-
-def parse_time_ms(name: str, value: str) -> int:
-    """Unix milliseconds, or an RFC3339 time."""
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        return ts_ms(value)
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"{name} must be unix milliseconds or an RFC3339 time, got {value!r}") from None
-
-
-def filter_sessions(sessions: list[SessionInfo], query) -> tuple[list[SessionInfo], str | None, int]:
-    """(one page, next cursor, how many match) for /clusters' query parameters (pure).
-
-    `sessions` must be sorted by _sort_key (SessionDirectory keeps them so): no sort per request.
-    """
-    known = {"namespace", "name", "cluster", "state", "started_after", "started_before", "limit", "cursor"}
-    unknown = sorted(set(query) - known)
-    if unknown:
-        raise web.HTTPBadRequest(text=f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    namespace = query.get("namespace")
-    name = query.get("name") or query.get("cluster")
-    state = query.get("state")
-    if state not in (None, "", "live", "dead"):
-        raise web.HTTPBadRequest(text=f"state must be live or dead, got {state!r}")
-    after = parse_time_ms("started_after", query["started_after"]) if query.get("started_after") else None
-    before = parse_time_ms("started_before", query["started_before"]) if query.get("started_before") else None
-    limit = None
-    if query.get("limit"):
-        try:
-            limit = int(query["limit"])
-        except ValueError:
-            limit = 0
-        if limit < 1:
-            raise web.HTTPBadRequest(text=f"limit must be a positive integer, got {query['limit']!r}")
-    if namespace or name or state or after is not None or before is not None:
-        matching = [
-            s for s in sessions
-            if (not namespace or s.namespace == namespace) and (not name or s.cluster == name)
-            and (not state or s.state == state) and (after is None or s.start_ms >= after)
-            and (before is None or s.start_ms < before)
-        ]
-    else:
-        matching = sessions
-    start = bisect.bisect_right(matching, decode_cursor(query["cursor"]), key=_sort_key) if query.get("cursor") else 0
-    page = matching[start:start + limit] if limit else matching[start:]
-    more = limit is not None and start + limit < len(matching)
-    return page, (encode_cursor(page[-1]) if more and page else None), len(matching)
+def cluster_row(s: SessionInfo, entry: CacheEntry | None, loading: bool, last_write_ms: int, stale_after_ms: int,
+                failures: tuple[int, int] | None) -> dict:
+    """One session of /clusters (pure): what the index says, and what this replica knows of it."""
+    return {
+        "namespace": s.namespace, "cluster": s.cluster, "owner_kind": s.owner_kind, "owner_name": s.owner_name,
+        "session": s.session, "start_ms": s.start_ms, "end_ms": s.end_ms, "state": s.state,
+        "nodes": len(s.node_ids), "size_bytes": entry.stored_bytes if entry is not None else None,
+        "load_state": "loading" if loading else "loaded" if entry is not None else "not_loaded",
+        "url": session_base(s),
+        "stale": is_stale(s, last_write_ms, stale_after_ms),
+        "imported": bool(s.imported_ms),
+        "last_write_ms": last_write_ms or None,
+        # for loaded sessions only (counting means a load): failed tasks and jobs
+        "failed_tasks": failures[0] if failures else None, "failed_jobs": failures[1] if failures else None,
+    }
 
 
 def failure_counts(entry: CacheEntry) -> tuple[int, int] | None:
@@ -294,6 +201,7 @@ class Routes:
         self.state = state
         self.answers = AnswerCache()
         self._last_write: dict[tuple, tuple[float, int]] = {}
+        self._dead_rows: dict[tuple, tuple[SessionInfo, bytes]] = {}
 
     # -- sessions --
 
@@ -454,8 +362,7 @@ class Routes:
         return json_response(body)
 
     async def session_info(self, ref: SessionRef) -> SessionInfo | None:
-        key = (ref.namespace, ref.cluster, ref.session)
-        found = next((s for s in self.state.directory.sessions if (s.namespace, s.cluster, s.session) == key), None)
+        found = self.state.directory.find(ref)
         return found if found is not None else await self.state.index.session(ref)
 
     def stale_after_ms(self) -> int:
@@ -491,24 +398,30 @@ class Routes:
         writes = dict(zip([(s.namespace, s.cluster, s.session) for s in live],
                           await asyncio.gather(*(self.last_write_ms(s) for s in live))))
         stale_after = self.stale_after_ms()
-        out = []
+        rows = []
         for s in page:
             key = (s.namespace, s.cluster, s.session)
             entry = cached.get(key)
+            if entry is None and s.state == "dead" and key not in loading:
+                rows.append(self._dead_row(key, s))
+                continue
             counts = failure_counts(entry) if entry is not None else None
-            out.append({
-                "namespace": s.namespace, "cluster": s.cluster, "owner_kind": s.owner_kind, "owner_name": s.owner_name,
-                "session": s.session, "start_ms": s.start_ms, "end_ms": s.end_ms, "state": s.state,
-                "nodes": len(s.node_ids), "size_bytes": entry.stored_bytes if entry is not None else None,
-                "load_state": "loading" if key in loading else "loaded" if entry is not None else "not_loaded",
-                "url": session_base(s),
-                "stale": is_stale(s, writes.get(key, 0), stale_after),
-                "imported": bool(s.imported_ms),
-                "last_write_ms": writes.get(key) or None,
-                # for loaded sessions only (counting means a load): failed tasks and jobs
-                "failed_tasks": counts[0] if counts else None, "failed_jobs": counts[1] if counts else None,
-            })
-        return json_response({"sessions": out, "next_cursor": cursor, "total": total})
+            rows.append(_json.encode(cluster_row(s, entry, key in loading, writes.get(key, 0), stale_after, counts)))
+        body = b"".join((b'{"sessions":[', b",".join(rows), b'],"next_cursor":', _json.encode(cursor),
+                         b',"total":', b"%d}" % total))
+        return web.Response(body=body, content_type="application/json")
+
+    def _dead_row(self, key: tuple, info: SessionInfo) -> bytes:
+        """The row of a dead session this replica has not loaded: it depends only on the session's merged
+        record, which the session list keeps until the session's records change, so it is encoded once."""
+        hit = self._dead_rows.get(key)
+        if hit is not None and hit[0] is info:
+            return hit[1]
+        if len(self._dead_rows) > 2 * len(self.state.directory.sessions) + 1000:  # sessions retention removed
+            self._dead_rows.clear()
+        row = _json.encode(cluster_row(info, None, False, 0, 0, None))
+        self._dead_rows[key] = (info, row)
+        return row
 
     async def enter_cluster(self, request: web.Request) -> web.Response:
         info = request.match_info
@@ -526,7 +439,7 @@ class Routes:
                 ours = [s for s in await self.state.directory.refresh() if (s.namespace, s.cluster) == (namespace, name)]
             if not ours:
                 raise web.HTTPNotFound(text=f"no session of cluster {namespace}/{name} in this history store")
-            session = min(ours, key=_sort_key).session
+            session = min(ours, key=sort_key).session
         # relative, so it still works behind an Ingress that strips a path prefix
         raise web.HTTPFound(f"../../../s/{namespace}/{name}/{session}/")
 

@@ -253,6 +253,29 @@ async def test_clusters_lists_filters_and_pages_every_session(store):
                             "state", "size_bytes", "load_state"}
 
 
+async def test_a_dead_sessions_row_follows_its_load_and_its_records(store):
+    """A dead session's row is encoded once (server/routes.py `_dead_row`): it must still change when this
+    replica loads the session and when the session's records change."""
+    ref = await write_fixture_session(store, numbered_ref(1), with_logs=False)
+    async with running_server(store) as (client, _, state):
+        async def row() -> dict:
+            (only,) = (await (await client.get("/clusters")).json())["sessions"]
+            return only
+
+        before = await row()
+        assert (before["load_state"], before["size_bytes"], before["failed_tasks"]) == ("not_loaded", None, None)
+        assert before["owner_kind"] == "RayJob" and before["state"] == "dead"
+        tasks = (await (await client.get(url(ref, TASKS))).json())["data"]["result"]["result"]
+        loaded = await row()
+        assert loaded["load_state"] == "loaded" and loaded["size_bytes"] > 0
+        assert loaded["failed_tasks"] == sum(1 for t in tasks if t["state"] == "FAILED") > 0  # as its list says
+        state.cache.discard(ref)
+        assert await row() == before
+        await write_index(store, ref, IndexKind.LIVE, layout.now_ms(), owner_kind="RayService", owner_name="web")
+        await state.directory.refresh()
+        assert (await row())["owner_kind"] == "RayService" and (await row())["owner_name"] == "web"
+
+
 async def test_enter_cluster_redirects_to_the_session_url(store):
     old = await write_fixture_session(store, numbered_ref(1), with_logs=False)
     new = await write_fixture_session(store, numbered_ref(2), with_logs=False)
