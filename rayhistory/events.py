@@ -5,9 +5,10 @@ nodeId) and one payload named after its type. Bytes fields are standard base64 (
 the hex the dashboard shows), 64-bit integers are strings, timestamps are RFC3339 with up to nine
 fractional digits, and unset fields appear as ""/0/false/{}.
 
-Decoding is msgspec on the hot path (the server parses millions of events per session). Each event is
+Decoding is msgspec on the hot path (the collector's ingest; the server reads stored events with its own
+decoder, server/stored_events.py, over these same types). Each event is
 checked on its own: a malformed one becomes an `EventError` with its position and reason, and never
-costs its neighbours. Event types this module does not model are kept, raw, as `UnknownEvent`.
+costs its neighbours. Event types this module does not model are accepted and kept as they came.
 """
 
 from __future__ import annotations
@@ -324,16 +325,6 @@ class RayEvent(_Msg):
         return getattr(self, PAYLOAD_FIELD[self.event_type])
 
 
-class UnknownEvent(Struct):
-    """An event of a type this version does not model (e.g. PLATFORM_EVENT), kept as it came."""
-
-    event_id: str
-    event_type: str
-    session_name: str
-    node_id: str
-    raw: bytes
-
-
 PAYLOAD_FIELD: dict[str, str] = {
     "TASK_DEFINITION_EVENT": "task_definition_event",
     "TASK_LIFECYCLE_EVENT": "task_lifecycle_event",
@@ -348,7 +339,6 @@ PAYLOAD_FIELD: dict[str, str] = {
     "WORKER_DEFINITION_EVENT": "worker_definition_event",
     "WORKER_LIFECYCLE_EVENT": "worker_lifecycle_event",
 }
-KNOWN_EVENT_TYPES = frozenset(PAYLOAD_FIELD)
 
 
 class EventError(Struct):
@@ -357,11 +347,6 @@ class EventError(Struct):
     index: int
     reason: str
     event_id: str = ""
-
-
-class DecodedBatch(Struct):
-    events: list[RayEvent | UnknownEvent]
-    errors: list[EventError]
 
 
 class AcceptedEvent(Struct):
@@ -377,16 +362,6 @@ _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _event_list = msgspec.json.Decoder(list[RayEvent])
 _event_decoder = msgspec.json.Decoder(RayEvent)
 _session_ok = lru_cache(maxsize=1024)(layout.is_session_name)
-
-
-def _as_array(data: bytes) -> bytes:
-    """A JSON array (what Ray POSTs) stays as it is; JSON lines (what the collector stores) become one."""
-    stripped = data.strip()
-    if stripped[:1] == b"[":
-        return stripped
-    if b"\r" in stripped or b"\n\n" in stripped:
-        stripped = b"\n".join(line for line in stripped.splitlines() if line.strip())
-    return b"[" + stripped.replace(b"\n", b",") + b"]"
 
 
 # ---- bounds, checked without recursion -------------------------------------------------------------
@@ -517,48 +492,30 @@ def _decode_each(array: bytes) -> tuple[list[tuple[int, RayEvent, bytes]], list[
     return good, errors
 
 
-def _decode(data: bytes, keep_raw: bool) -> tuple[list[tuple[int, RayEvent, bytes | None]], list[EventError]]:
-    """Decode a whole batch with one msgspec call; fall back to per-event decoding if it fails.
-
-    With `keep_raw` (the collector, which stores each event's own bytes) every event is also held to the
-    bounds; without it (the server, reading what a collector stored) only a batch that fails is."""
-    array = _as_array(data)
+def _decode(array: bytes) -> tuple[list[tuple[int, RayEvent, bytes]], list[EventError]]:
+    """Decode a whole JSON array with one msgspec call, each event held to the bounds and the checks; fall
+    back to per-event decoding if the call fails."""
     try:
         events = _event_list.decode(array)
     except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
         return _decode_each(array)
-    raws: list[bytes] | None = None
-    out: list[tuple[int, RayEvent, bytes | None]] = []
+    raws = _split_raw(array)
+    out: list[tuple[int, RayEvent, bytes]] = []
     errors: list[EventError] = []
     for i, event in enumerate(events):
-        raw = None
-        if keep_raw or event.event_type not in KNOWN_EVENT_TYPES:
-            if raws is None:
-                raws = _split_raw(array)
-            raw = raws[i]
-            # bound_error's own first test, inlined: the hot path of ingest, true for almost every event
-            if len(raw) > MAX_EVENT_BYTES or raw.count(b"[") + raw.count(b"{") > MAX_EVENT_DEPTH:
-                reason = bound_error(raw)
-                if reason:
-                    errors.append(EventError(index=i, reason=reason, event_id=event.event_id[:128]))
-                    continue
+        raw = raws[i]
+        # bound_error's own first test, inlined: the hot path of ingest, true for almost every event
+        if len(raw) > MAX_EVENT_BYTES or raw.count(b"[") + raw.count(b"{") > MAX_EVENT_DEPTH:
+            reason = bound_error(raw)
+            if reason:
+                errors.append(EventError(index=i, reason=reason, event_id=event.event_id[:128]))
+                continue
         reason = check_event(event)
         if reason:
             errors.append(EventError(index=i, reason=reason, event_id=event.event_id[:128]))
             continue
         out.append((i, event, raw))
     return out, errors
-
-
-def decode_events(data: bytes) -> DecodedBatch:
-    """Decode a batch (JSON array or JSON lines) into typed events; each bad event is an error of its own."""
-    decoded, errors = _decode(data, keep_raw=False)
-    events: list[RayEvent | UnknownEvent] = [
-        event if event.event_type in KNOWN_EVENT_TYPES
-        else UnknownEvent(event.event_id, event.event_type, event.session_name, event.node_id, bytes(raw))
-        for _, event, raw in decoded
-    ]
-    return DecodedBatch(events, errors)
 
 
 BODY_NOT_AN_ARRAY = "body is not a JSON array"
@@ -573,7 +530,7 @@ def accept_events(data: bytes) -> tuple[list[AcceptedEvent], list[EventError]]:
     if stripped[:1] != b"[":
         what = "it is empty" if not stripped else f"it starts with {stripped[:1]!r}"
         return [], [EventError(index=-1, reason=f"{BODY_NOT_AN_ARRAY}: {what}")]
-    decoded, errors = _decode(stripped, keep_raw=True)
+    decoded, errors = _decode(stripped)
     for error in errors:
         if error.index == -1:
             error.reason = f"{BODY_NOT_AN_ARRAY}: {error.reason}"

@@ -40,7 +40,7 @@ from .snapshot_model import (  # noqa: F401 - FORMAT_VERSION, SNAPSHOT_LIMITS, d
 )
 from .stored_events import (
     StoredActorTaskDefinition, StoredTaskDefinition, StoredTaskLifecycle, StoredTaskProfile, decode_careful,
-    decode_line_by_line, func_name_of, labels_of, resources_of,
+    func_name_of, labels_of, resources_of,
 )
 from .stored_events import decode_clean as _decode_stored  # a module global, looked up on each call
 
@@ -359,10 +359,7 @@ class SnapshotBuilder:
         """Decode a batch and fold its events in. Why the whole batch is unreadable, or ''."""
         events = _decode_stored(raw)
         if events is None:  # not one clean batch: decode event by event, rejecting bad ones alone
-            try:
-                careful = decode_careful(raw)
-            except Exception:  # noqa: BLE001 - e.g. RecursionError: go line by line
-                careful = decode_line_by_line(raw)
+            careful = decode_careful(raw)
             if isinstance(careful, str):
                 return careful
             events, rejected = careful

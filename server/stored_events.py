@@ -4,7 +4,7 @@ The collector validated every stored event in full (rayhistory.events.accept_eve
 decodes only what it folds in: msgspec skips the other fields without building them. Function
 descriptors and resource maps stay raw JSON: a few distinct ones repeat across thousands of tasks, and
 each is decoded and normalised once (SnapshotBuilder._cached), not once per task. A batch that does not
-decode in one call is decoded event by event (decode_careful), and as a last resort line by line.
+decode in one call is decoded event by event with the same decoder (decode_careful).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from msgspec import Meta, Struct
 
 from rayhistory.events import (
     ActorDefinition, ActorLifecycle, DriverJobDefinition, DriverJobLifecycle, FunctionDescriptor, NodeDefinition,
-    NodeLifecycle, ProfileEventEntry, ProfileEvents, RayEvent, TaskLifecycle, TaskLogInfo, TaskProfile,
-    WorkerDefinition, WorkerLifecycle, decode_events,
+    NodeLifecycle, ProfileEventEntry, ProfileEvents, TaskLifecycle, TaskLogInfo, TaskProfile, WorkerDefinition,
+    WorkerLifecycle,
 )
 
 _NULL, _EMPTY_OBJECT = msgspec.Raw(b"null"), msgspec.Raw(b"{}")
@@ -104,9 +104,11 @@ class StoredEvent(Struct, rename="camel", gc=False):
     worker_lifecycle_event: WorkerLifecycle | None = None
 
 
-# lax: strings of digits into the int fields above. Elsewhere it changes nothing: the collector validated
-# every stored event strictly against the same types, which admit no string where they have a number or bool
+# lax: strings of digits into the int fields above. Elsewhere it changes nothing for what the collector
+# wrote: it validated every stored event strictly against the same types, which admit no string where they
+# have a number or bool. Data it did not write is read by the same rule in both paths.
 STORED_EVENT = msgspec.json.Decoder(StoredEvent, strict=False)
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _function_descriptor = msgspec.json.Decoder(FunctionDescriptor | None)
 _resources = msgspec.json.Decoder(dict[str, float])
 _labels = msgspec.json.Decoder(dict[str, str])
@@ -135,42 +137,32 @@ def decode_clean(raw: bytes) -> list[StoredEvent] | None:
 
 
 def decode_careful(raw: bytes) -> tuple[list[StoredEvent], int] | str:
-    """Careful path: rayhistory.events checks every event on its own and rejects bad ones alone.
-    (events, rejected count), or why the whole object is unreadable."""
-    batch = decode_events(raw)
-    if any(e.index == -1 for e in batch.errors):
-        return batch.errors[0].reason
-    encode = msgspec.json.encode
-    events, rejected = [], len(batch.errors)
-    for event in batch.events:
-        if isinstance(event, RayEvent):
-            try:  # valid as Ray sends it, but e.g. a log offset that is not an integer
-                events.append(STORED_EVENT.decode(encode(event)))
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                rejected += 1
-    return events, rejected
-
-
-def decode_line_by_line(raw: bytes) -> tuple[list[StoredEvent], int]:
-    """Last resort, when the careful path itself raised (e.g. RecursionError on an event nested far too deep):
-    each line on its own, so whatever one event makes the decoder do costs only that event."""
-    events: list[StoredEvent] = []
-    rejected = 0
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
+    """Careful path, for a batch that does not decode in one call: each event decoded on its own by the
+    fast path's own decoder, so whether an event is used never depends on its neighbours (a lax
+    `"taskAttempt": "1"` is 1 in either path), and a bad one is rejected alone; a line nested too deep
+    for the decoder too. (events, rejected count), or why the whole object is unreadable."""
+    texts = _event_texts(raw)
+    if texts is None:
+        return "not JSON lines, nor one JSON array of events"
+    events, rejected = [], 0
+    for text in texts:
         try:
-            careful = decode_careful(line)
-        except Exception:  # noqa: BLE001 - RecursionError, or anything else one event can cause
+            events.append(STORED_EVENT.decode(text))
+        except (msgspec.DecodeError, RecursionError):  # a ValidationError is a DecodeError
             rejected += 1
-            continue
-        if isinstance(careful, str):
-            rejected += 1
-            continue
-        events += careful[0]
-        rejected += careful[1]
     return events, rejected
 
+
+def _event_texts(raw: bytes) -> list[bytes] | None:
+    """The JSON text of each event: a line each (as the collector stores them), or the elements of one
+    JSON array (a POST body, as Ray's agent sends them). None for an array that does not parse."""
+    stripped = raw.strip()
+    if stripped[:1] != b"[":
+        return [line for line in stripped.splitlines() if line.strip()]
+    try:
+        return [bytes(text) for text in _raw_list.decode(stripped)]
+    except (msgspec.DecodeError, RecursionError):
+        return None
 
 
 def _func_name(descriptor) -> str:

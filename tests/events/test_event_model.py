@@ -11,18 +11,23 @@ from rayhistory import events as ev
 from tests.conftest import HEAD_NODE_ID, SESSION_NAME, api_answer, received_bodies
 
 
-def _all_events():
-    batch = json.dumps([e for body in received_bodies() for e in body]).encode()
-    return ev.decode_events(batch)
+def _accept(batch: bytes) -> tuple[list[ev.RayEvent], list[ev.EventError]]:
+    """What the collector accepts of a POST body, as the typed events it validated them as."""
+    accepted, errors = ev.accept_events(batch)
+    return [msgspec.json.decode(a.raw, type=ev.RayEvent) for a in accepted], errors
+
+
+def _all_events() -> list[ev.RayEvent]:
+    events, errors = _accept(json.dumps([e for body in received_bodies() for e in body]).encode())
+    assert errors == []
+    return events
 
 
 def test_every_received_event_parses_without_error():
-    decoded = _all_events()
-    assert decoded.errors == []
-    assert len(decoded.events) == 440
-    assert all(isinstance(e, ev.RayEvent) for e in decoded.events)
+    events = _all_events()
+    assert len(events) == 440
     counts: dict[str, int] = {}
-    for e in decoded.events:
+    for e in events:
         counts[e.event_type] = counts.get(e.event_type, 0) + 1
         assert e.payload is not None
         assert e.session_name == SESSION_NAME
@@ -37,7 +42,7 @@ def test_every_received_event_parses_without_error():
 
 
 def test_decoded_ids_match_the_live_dashboard():
-    decoded = _all_events().events
+    decoded = _all_events()
     task_ids = {ev.hex_id(e.task_definition_event.task_id) for e in decoded if e.task_definition_event}
     task_ids |= {ev.hex_id(e.actor_task_definition_event.task_id) for e in decoded if e.actor_task_definition_event}
     actor_ids = {ev.hex_id(e.actor_definition_event.actor_id) for e in decoded if e.actor_definition_event}
@@ -96,36 +101,21 @@ def test_a_malformed_event_is_rejected_alone_with_its_reason(mutate, reason):
     good1, good2 = _example("TASK_LIFECYCLE_EVENT"), _example("NODE_DEFINITION_EVENT")
     bad = _example("TASK_DEFINITION_EVENT")
     mutate(bad)
-    batch = json.dumps([good1, bad, good2]).encode()
-    decoded = ev.decode_events(batch)
-    assert [e.event_id for e in decoded.events] == [good1["eventId"], good2["eventId"]]
-    assert len(decoded.errors) == 1
-    assert decoded.errors[0].index == 1
-    assert reason in decoded.errors[0].reason
-    accepted, errors = ev.accept_events(batch)
-    assert [a.event_id for a in accepted] == [good1["eventId"], good2["eventId"]]
+    events, errors = _accept(json.dumps([good1, bad, good2]).encode())
+    assert [e.event_id for e in events] == [good1["eventId"], good2["eventId"]]
     assert [e.index for e in errors] == [1]
+    assert reason in errors[0].reason
 
 
-def test_unknown_event_types_are_kept_raw():
+def test_unknown_event_types_are_kept_as_they_came():
     platform = {
         "eventId": "AAAA", "sourceType": "CLUSTER_LIFECYCLE", "eventType": "PLATFORM_EVENT",
         "timestamp": "2026-11-23T13:48:03Z", "severity": "INFO", "message": "", "sessionName": SESSION_NAME,
         "nodeId": _example("NODE_DEFINITION_EVENT")["nodeId"], "platformEvent": {"objectKind": "Pod"},
     }
-    decoded = ev.decode_events(json.dumps([platform, _example("NODE_LIFECYCLE_EVENT")]).encode())
-    assert decoded.errors == []
-    unknown = decoded.events[0]
-    assert isinstance(unknown, ev.UnknownEvent)
-    assert json.loads(unknown.raw)["platformEvent"] == {"objectKind": "Pod"}
-
-
-def test_json_lines_and_arrays_decode_alike():
-    body = received_bodies()[5]
-    lines = b"\n".join(json.dumps(e).encode() for e in body) + b"\n"
-    a = ev.decode_events(json.dumps(body, indent=2).encode())
-    b = ev.decode_events(lines)
-    assert [e.event_id for e in a.events] == [e.event_id for e in b.events] == [e["eventId"] for e in body]
+    accepted, errors = ev.accept_events(json.dumps([platform, _example("NODE_LIFECYCLE_EVENT")]).encode())
+    assert errors == [] and len(accepted) == 2
+    assert json.loads(accepted[0].raw)["platformEvent"] == {"objectKind": "Pod"}
 
 
 @pytest.mark.parametrize("encode", [
@@ -144,8 +134,9 @@ def test_accepted_events_are_one_line_each(encode):
 
 
 def test_a_body_that_is_not_json_is_one_error():
-    decoded = ev.decode_events(b"{not json")
-    assert decoded.events == [] and decoded.errors[0].index == -1
+    for body in (b"{not json", b"[{not json"):
+        accepted, errors = ev.accept_events(body)
+        assert accepted == [] and [e.index for e in errors] == [-1] and ev.BODY_NOT_AN_ARRAY in errors[0].reason
 
 
 def test_errors_keep_their_positions_when_a_batch_mixes_kinds_of_bad_events():
@@ -155,9 +146,9 @@ def test_errors_keep_their_positions_when_a_batch_mixes_kinds_of_bad_events():
     undecodable["taskLifecycleEvent"]["taskAttempt"] = "zero"
     unroutable = _example("TASK_DEFINITION_EVENT")
     unroutable["sessionName"] = "elsewhere"
-    decoded = ev.decode_events(json.dumps([undecodable, good, unroutable]).encode())
-    assert [e.index for e in decoded.errors] == [0, 2]
-    assert [e.event_id for e in decoded.events] == [good["eventId"]]
+    events, errors = _accept(json.dumps([undecodable, good, unroutable]).encode())
+    assert [e.index for e in errors] == [0, 2]
+    assert [e.event_id for e in events] == [good["eventId"]]
 
 
 # ---- bounds (issue 9, item 2) ------------------------------------------------------------------------
@@ -183,7 +174,8 @@ def test_nesting_depth_check_agrees_with_a_recursive_reference(text):
 
 
 def test_an_event_too_deep_or_too_big_is_rejected_alone_in_collector_and_server_decoding():
-    from rayhistory.events import MAX_EVENT_BYTES, accept_events, decode_events
+    from rayhistory.events import MAX_EVENT_BYTES, accept_events
+    from rayhistory.server.stored_events import decode_careful
 
     good = [e for body in received_bodies() for e in body][:4]
     texts = [json.dumps(e) for e in good]
@@ -195,9 +187,8 @@ def test_an_event_too_deep_or_too_big_is_rejected_alone_in_collector_and_server_
     assert [a.event_id for a in accepted] == [good[0]["eventId"], good[1]["eventId"], good[3]["eventId"]]
     assert {e.index: e.reason.split(" ")[1] for e in errors} == {1: "nests", 3: "is", 4: "nests"}
     lines = b"\n".join([texts[0].encode(), deep.encode(), texts[3].encode()])
-    batch = decode_events(lines)  # the server's careful path over a stored batch
-    assert [e.event_id for e in batch.events] == [good[0]["eventId"], good[3]["eventId"]]
-    assert [e.index for e in batch.errors] == [1]
+    events, rejected = decode_careful(lines)  # the server's careful path over a stored batch
+    assert [e.event_id for e in events] == [good[0]["eventId"], good[3]["eventId"]] and rejected == 1
 
 
 def test_timestamps_take_ascii_digits_only():

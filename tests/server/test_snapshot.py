@@ -148,6 +148,37 @@ def _definition(task_id: bytes, attempt: int, b64: str | None = None) -> dict:
                                     "taskName": "f", "jobId": "AQAAAA=="}}
 
 
+def test_whether_an_event_is_used_never_depends_on_its_neighbours():
+    """Stored data the collector did not write may say `"taskAttempt": "1"`; the builder's decoder reads
+    such a number laxly. A batch with another, broken event goes down the careful path, which must read
+    the same event the same way (it once rejected it there, and used it in a clean batch)."""
+    lax = _definition(bytes([4]) * 24, 0)
+    lax["taskDefinitionEvent"]["taskAttempt"] = "1"
+    good = _definition(bytes([6]) * 24, 0)
+    broken = dict(_definition(bytes([8]) * 24, 0), eventId=17)
+    key = layout.event_batch_key(REF, HEAD_NODE_ID, "w", 0, at_ms=1)
+    clean = _build({key: _batch([lax, good])})
+    careful = _build({key: _batch([lax, broken, good])})
+    assert [(t.task_id, t.attempt) for t in clean.tasks] == [("04" * 24, 1), ("06" * 24, 0)]
+    assert clean.events_rejected == 0 and careful.events_rejected == 1
+    assert _content(msgspec.structs.replace(careful, events_rejected=0, objects_corrupt=[], complete=True)) == \
+        _content(clean)
+
+
+@pytest.mark.parametrize("layout_of", [
+    lambda events: b"\n".join(json.dumps(e).encode() for e in events),
+    lambda events: json.dumps(events).encode(),
+    lambda events: json.dumps(events, indent=2).encode(),
+], ids=["json-lines", "one-array", "an-indented-array"])
+def test_the_careful_path_reads_json_lines_and_an_array_alike(layout_of):
+    from rayhistory.server.stored_events import decode_careful
+
+    events = [_definition(bytes([n]) * 24, 0) for n in (1, 2, 3)]
+    events[1]["eventId"] = 17  # the careful path, whatever the layout
+    decoded, rejected = decode_careful(layout_of(events))
+    assert [e.event_id for e in decoded] == [events[0]["eventId"], events[2]["eventId"]] and rejected == 1
+
+
 def test_tasks_are_listed_by_id_then_the_later_attempt_first_whatever_the_ids_lengths():
     """Ray's order (by task id, a retry before the attempt it replaced). The builder keys attempts by the id's
     bytes and the attempt; ids of several lengths (not Ray's, but storage may hold anything) sort too."""
