@@ -208,6 +208,19 @@ async def bench_clusters(root: str, n_sessions: int) -> dict:
         out["http_all_sessions"] = await timed_gets(http, base, 20)
         out["http_limit_100"] = await timed_gets(http, f"{base}?limit=100", 100)
         out["http_filtered_namespace_dead_limit_100"] = await timed_gets(http, f"{base}?namespace=ns3&state=dead&limit=100", 100)
+        state = public[STATE_KEY]
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        await state.directory.refresh()  # the background refresh when nothing changed: a listing, no merge
+        out["refresh_unchanged_s"] = round(time.perf_counter() - t0, 3)
+        out["refresh_unchanged_cpu_s"] = round(time.process_time() - cpu0, 3)
+    out["index_digests"] = len(await store.list(layout.index_digests_prefix()))
+    # a second replica starting now: the first wrote an index digest, so it reads one object, not 200k
+    public, _ = create_app(Settings(storage=store.url), store)
+    async with TestServer(public) as server, aiohttp.ClientSession() as http:
+        t0 = time.perf_counter()
+        async with http.get(f"http://127.0.0.1:{server.port}/clusters?limit=100") as resp:
+            assert (await resp.json())["total"] == n_sessions
+        out["cold_first_request_from_digest_s"] = round(time.perf_counter() - t0, 3)
     return out
 
 
