@@ -1,4 +1,5 @@
-"""Event-model parse speed: events/s on one core for the hot path (typed decode of stored batches).
+"""Event parse speed: events/s on one core for the server's hot path (its typed decode of stored batches,
+server/stored_events.py) and for the collector's validation of a POST body.
 
 Run: make bench  (or .venv/bin/python -m benchmarks.bench_events). Results: bench-results/events.json.
 The input is the fixture's 440 real Ray 2.60 events, repeated, cut into stored batches of ~1,000 events
@@ -10,7 +11,8 @@ from __future__ import annotations
 import json
 import time
 
-from rayhistory.events import accept_events, decode_events
+from rayhistory.events import accept_events
+from rayhistory.server.stored_events import decode_clean
 
 from .common import cpu_seconds, fixture_events, peak_rss_mb, write_results
 
@@ -35,7 +37,7 @@ def _rate(fn, batches: list[bytes], repeat: int = 3) -> tuple[float, int]:
 def main() -> None:
     lines = [json.dumps(e, separators=(",", ":")).encode() for e in fixture_events()]
     batches = _batches(lines, total=200_000, per_batch=1000)
-    decode_rate, n = _rate(lambda b: len(decode_events(b).events), batches)
+    decode_rate, n = _rate(lambda b: len(decode_clean(b)), batches)
     posts = [b"[" + b.replace(b"\n", b", ") + b"]" for b in batches]  # Ray POSTs a JSON array
     accept_rate, _ = _rate(lambda b: len(accept_events(b)[0]), posts)
     write_results("events", {
