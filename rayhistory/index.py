@@ -166,9 +166,14 @@ _FLUSHED, _DEAD = IndexKind.FLUSHED.value, IndexKind.DEAD.value
 # ---- index digests ---------------------------------------------------------------------------------
 
 class IndexDigest(msgspec.Struct):
-    """Every index record one server held when it wrote this, by key."""
+    """Every index record one server held when it wrote this, by key, and the record fields its version
+    knew: records are re-encoded, so a digest from a version with other fields would lose some for good."""
 
+    fields: list[str]
     records: dict[str, IndexRecord]
+
+
+RECORD_FIELDS = list(IndexRecord.__struct_fields__)
 
 
 _digest_decoder = msgspec.json.Decoder(IndexDigest)
@@ -179,7 +184,7 @@ DIGEST_LIMITS = InflateLimits(max_bytes=1 << 30, max_ratio=1000.0)
 def encode_digest(records: dict[str, IndexRecord]) -> bytes:
     import gzip
 
-    return gzip.compress(msgspec.json.encode(IndexDigest(records)), compresslevel=6)
+    return gzip.compress(msgspec.json.encode(IndexDigest(RECORD_FIELDS, records)), compresslevel=6)
 
 
 def decode_digest(data: bytes) -> tuple[dict[str, IndexRecord], int]:
@@ -187,6 +192,8 @@ def decode_digest(data: bytes) -> tuple[dict[str, IndexRecord], int]:
     record by record, as the records themselves are: one bad entry costs only its own read.
     Raises ValueError (InflateError, msgspec errors) for a digest that does not decode at all."""
     digest = _digest_decoder.decode(gunzip(data, DIGEST_LIMITS))
+    if digest.fields != RECORD_FIELDS:
+        raise ValueError(f"written by a version whose records have the fields {digest.fields[:40]}")
     records: dict[str, IndexRecord] = {}
     refused = 0
     for key, record in digest.records.items():
@@ -232,6 +239,9 @@ class SessionIndex:
         changed, self._changed = self._changed, set()
         return changed
 
+    def mark_changed(self, sessions) -> None:
+        self._changed.update(sessions)
+
     def records_of(self, session: SessionKey) -> list[IndexRecord]:
         return [self._records[k] for k in self._keys_of.get(session, ())]
 
@@ -252,8 +262,9 @@ class SessionIndex:
         if use_digest and prefix is None and not self._digest_tried:
             self._digest_tried = True
             await self.read_digest()
-        # the listing is one call: give a large index (as large as the last one seen) more time than a call
-        timeout_s = self.store.timeout_s * max(1.0, len(self._records) / INDEX_RECORDS_PER_LIST_TIMEOUT)
+        # the listing is one call: give the whole of a large index (as large as last seen) more time
+        scale = len(self._records) / INDEX_RECORDS_PER_LIST_TIMEOUT if prefix is None else 1.0
+        timeout_s = self.store.timeout_s * max(1.0, scale)
         infos = await self.store.list(prefix or layout.index_root(), timeout_s)
         present = {i.key for i in infos}
         for gone in [k for k in self._records if k not in present and k.startswith(prefix or "")]:
@@ -288,7 +299,7 @@ class SessionIndex:
             log.warning("index digest not used", extra={"key": key, "error": f"{type(exc).__name__}: {exc}"})
             return 0
         for record_key, record in records.items():
-            if record_key not in self._records:
+            if record_key not in self._records and record_key not in self.unreadable:
                 self._add(record_key, record)
         if refused:
             log.warning("index digest records refused", extra={"key": key, "refused": refused})

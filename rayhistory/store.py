@@ -256,9 +256,13 @@ class Store:
         found: dict[str, dict] = {}
         folders = [self._path(prefix.rpartition("/")[0])]
         while folders:
+            folder = folders.pop()
             try:
-                entries = os.scandir(folders.pop())
+                entries = os.scandir(folder)
             except (FileNotFoundError, NotADirectoryError):
+                continue
+            except PermissionError:  # as fsspec's find did: an unreadable folder is left out, not fatal
+                log.warning("folder not listed", extra={"folder": folder, "error": "permission denied"})
                 continue
             with entries:
                 for entry in entries:

@@ -47,8 +47,15 @@ class SessionDirectory:
             await self.index.refresh(use_digest=True)  # reads only records it has not seen
             changed = {key: self.index.records_of(key) for key in self.index.take_changed()}
             if changed or not self.refreshed_at:
-                # merging and sorting 10,000s of sessions takes a while: off the event loop
-                self.sessions = await asyncio.to_thread(self._fold, changed)
+                # merging and sorting 10,000s of sessions takes a while: off the event loop, shielded so
+                # that a cancelled refresh never leaves a fold running beside the next one
+                fold = asyncio.ensure_future(asyncio.to_thread(self._fold, changed))
+                try:
+                    self.sessions = await asyncio.shield(fold)
+                except BaseException:
+                    self.index.mark_changed(changed)  # merged again by the next refresh, not lost
+                    await asyncio.wait([fold])
+                    raise
             self.refreshed_at = time.monotonic()
             if self.index.read_since_digest >= DIGEST_AFTER_READS:
                 await self._write_digest()

@@ -39,3 +39,10 @@ def test_every_page_file_of_the_server_is_package_data():
     files = [p.name for p in (ROOT / "server").iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")]
     assert files, "the server's pages are not where this test looks"
     assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
+
+
+def test_every_benchmark_imports():
+    """`make bench` and `make bench-server` run them; an import that broke would show only there."""
+    names = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
+    probe = "import importlib, sys; [importlib.import_module('benchmarks.' + n) for n in sys.argv[1:]]; print('ok')"
+    assert len(names) >= 6 and _run("-c", probe, *names) == ["ok"]

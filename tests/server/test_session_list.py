@@ -151,12 +151,14 @@ async def test_a_new_digest_replaces_the_older_ones(store):
     assert index.read_since_digest == 0
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "not_a_digest"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not_a_digest", "another_version"])
 async def test_a_damaged_digest_costs_only_the_reads_it_would_have_saved(store, damage, caplog):
     await write_sessions(store, range(40), dead=True)
     good = encode_digest({})
     data = {"garbage": b"\x1f\x8b not gzip", "truncated": good[:-6],
-            "not_a_digest": gzip.compress(b'{"records": [1, 2]}')}[damage]
+            "not_a_digest": gzip.compress(b'{"records": [1, 2]}'),
+            # a version whose records have other fields: its re-encoded records would lose some for good
+            "another_version": gzip.compress(b'{"fields": ["kind"], "records": {}}')}[damage]
     await store.put(layout.index_digest_key("tests"), data)
     directory = SessionDirectory(SessionIndex(store), REFRESH_S)
     assert await directory.refresh() == await truth(store)
