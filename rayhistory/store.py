@@ -337,8 +337,11 @@ class Store:
             raise
         future.add_done_callback(finished)
         try:
-            # cancelling the wrapper cancels the thread's future if it has not started yet
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+            # cancelling the wrapper cancels the thread's future if it has not started yet. asyncio.timeout,
+            # not wait_for: Python 3.11's wait_for drops a cancellation that comes as the call finishes,
+            # and a background task cancelled at shutdown then went on forever
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.wrap_future(future)
         except TimeoutError:
             with self._lock:
                 self._timeouts += 1

@@ -166,7 +166,8 @@ class SessionLoader:
         if entry.tasks_decoded:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(entry.tasks_decoding), self.load_timeout)
+            async with asyncio.timeout(self.load_timeout):  # not wait_for: see Store._call
+                await asyncio.shield(entry.tasks_decoding)
         except TimeoutError:
             progress = self._last.get(entry.snapshot.ref) or LoadProgress(phase="decoding_tasks")
             raise LoadTimeout(entry.snapshot.ref, progress, self.load_timeout) from None
@@ -199,7 +200,8 @@ class SessionLoader:
 
     async def wait(self, job: LoadJob) -> CacheEntry:
         try:
-            return await asyncio.wait_for(asyncio.shield(job.task), self.load_timeout)
+            async with asyncio.timeout(self.load_timeout):  # not wait_for: see Store._call
+                return await asyncio.shield(job.task)
         except TimeoutError:
             if not job.task.done():
                 raise LoadTimeout(job.ref, job.progress, self.load_timeout) from None

@@ -67,3 +67,19 @@ async def test_calls_in_a_healthy_store_are_counted_and_leave(tmp_path):
     stats = store.stats()
     assert stats.calls == 3 and stats.in_flight == 0 and stats.timeouts == 0
     assert stats.errors == 0  # an object that is not there is an answer, not a storage error
+
+
+async def test_a_cancellation_that_comes_as_a_call_finishes_is_never_dropped(tmp_path):
+    """Python 3.11's wait_for returns the result when a cancellation arrives just as the inner call
+    finishes: a background task cancelled at shutdown (the index refresher) then went on forever and
+    the app never stopped (seen in CI). Here the call finishes while the loop is blocked, then the task is
+    cancelled before the loop sees the result: the task must end cancelled."""
+    store = Store(f"file://{tmp_path}/store")
+    await store.put(KEY, b"x")
+    for _ in range(5):
+        call = asyncio.ensure_future(store.list("v1/"))
+        await asyncio.sleep(0)  # the task has handed the call to a thread and waits on it
+        time.sleep(0.3)  # the loop is blocked: the thread finishes and queues its result
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
