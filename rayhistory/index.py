@@ -10,15 +10,17 @@ writes an *index digest* (`v1/index-digests/`): every record it holds, in one ob
 reads the newest digest first and then reads only the records the digest lacks. The listing stays the
 truth: a digest's record whose key is no longer listed (retention removed it) is dropped, so a digest can
 only save reads, never bring back or change what the index says. Records never change once written, so
-a record copied into a digest is the record.
+a record copied into a digest is the record, for a reader whose records have the same fields.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
@@ -182,8 +184,6 @@ DIGEST_LIMITS = InflateLimits(max_bytes=1 << 30, max_ratio=1000.0)
 
 
 def encode_digest(records: dict[str, IndexRecord]) -> bytes:
-    import gzip
-
     return gzip.compress(msgspec.json.encode(IndexDigest(RECORD_FIELDS, records)), compresslevel=6)
 
 
@@ -239,7 +239,7 @@ class SessionIndex:
         changed, self._changed = self._changed, set()
         return changed
 
-    def mark_changed(self, sessions) -> None:
+    def mark_changed(self, sessions: Iterable[SessionKey]) -> None:
         self._changed.update(sessions)
 
     def records_of(self, session: SessionKey) -> list[IndexRecord]:
